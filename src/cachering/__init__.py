@@ -1,0 +1,33 @@
+"""cachering: a sharded, replicated, self-healing cache over many Redis or Valkey servers."""
+
+from __future__ import annotations
+
+from .errors import (
+    CacheringError,
+    ConfigError,
+    ConsistencyError,
+    EmptyRingError,
+    NodeUnavailable,
+    ProtocolError,
+    ResponseError,
+    ServerNotFound,
+)
+from .node import NodeSpec
+from .ring import Ring, murmur3_32
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CacheringError",
+    "ConfigError",
+    "ConsistencyError",
+    "EmptyRingError",
+    "NodeSpec",
+    "NodeUnavailable",
+    "ProtocolError",
+    "ResponseError",
+    "Ring",
+    "ServerNotFound",
+    "__version__",
+    "murmur3_32",
+]

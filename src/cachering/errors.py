@@ -1,0 +1,68 @@
+"""Exception types raised by cachering.
+
+Every error the package raises on purpose derives from :class:`CacheringError`, so a
+caller can catch the whole family at once; the more specific classes also derive from
+the builtin a Python user would expect (``LookupError``, ``ValueError``, ...).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CacheringError",
+    "ConfigError",
+    "ConsistencyError",
+    "EmptyRingError",
+    "NodeUnavailable",
+    "ProtocolError",
+    "ResponseError",
+    "ServerNotFound",
+]
+
+
+class CacheringError(Exception):
+    """Base class of every error cachering raises on purpose."""
+
+
+class EmptyRingError(CacheringError, LookupError):
+    """A lookup was made on a ring that has no nodes."""
+
+
+class ConfigError(CacheringError, ValueError):
+    """A configuration value or file is invalid; the message names the field."""
+
+
+class NodeUnavailable(CacheringError, ConnectionError):
+    """A node could not be reached, or the connection failed or timed out mid-call.
+
+    ``node`` names the node (its id, or ``host:port``).
+    """
+
+    def __init__(self, node: str, reason: str) -> None:
+        super().__init__(f"node {node} unavailable: {reason}")
+        self.node = node
+        self.reason = reason
+
+
+class ProtocolError(NodeUnavailable):
+    """A node sent bytes that are not a valid RESP reply; the connection is discarded."""
+
+
+class ResponseError(CacheringError):
+    """The server answered a command with an error reply (the message is the server's)."""
+
+
+class ConsistencyError(CacheringError):
+    """A write could not collect the acknowledgements its consistency level needs.
+
+    ``failed`` maps each node that did not acknowledge to the reason.
+    """
+
+    def __init__(self, message: str, failed: dict[str, str], acknowledged: int, required: int):
+        super().__init__(message)
+        self.failed = failed
+        self.acknowledged = acknowledged
+        self.required = required
+
+
+class ServerNotFound(CacheringError, FileNotFoundError):
+    """No ``redis-server`` (or ``valkey-server``) binary could be found to start."""

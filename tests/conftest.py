@@ -1,0 +1,47 @@
+"""Shared fixtures: the ring implementation switch and the async backends."""
+
+from __future__ import annotations
+
+import os
+import platform
+from types import ModuleType
+
+import pytest
+
+from cachering import _ring_py
+
+EXTENSIONS_EXPECTED = (
+    not os.environ.get("CACHERING_NO_EXTENSIONS") and platform.python_implementation() == "CPython"
+)
+
+_IMPLEMENTATIONS: dict[str, ModuleType | None] = {"py": _ring_py}
+try:
+    # Imported directly (not through the switch) so that a broken build fails loudly
+    # in test_ring_guard instead of silently testing the Python twin twice.
+    from cachering import _ring_c
+
+    _IMPLEMENTATIONS["c"] = _ring_c
+except ImportError:  # pragma: no cover - only without a compiler
+    _IMPLEMENTATIONS["c"] = None
+
+
+@pytest.fixture(params=["c", "py"])
+def ring_impl(request: pytest.FixtureRequest) -> ModuleType:
+    """The ring module under test: the compiled extension (``c``) or the twin (``py``)."""
+    module = _IMPLEMENTATIONS[request.param]
+    if module is None:
+        if EXTENSIONS_EXPECTED:
+            pytest.fail("the compiled ring (cachering._ring_c) should have loaded and did not")
+        pytest.skip("compiled ring not built (CACHERING_NO_EXTENSIONS or not CPython)")
+    return module
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("asyncio", id="asyncio"),
+        pytest.param("trio", id="trio"),
+    ]
+)
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Run every ``pytest.mark.anyio`` test on asyncio and on trio."""
+    return str(request.param)
