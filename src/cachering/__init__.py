@@ -11,6 +11,7 @@ from .errors import (
     ProtocolError,
     ResponseError,
     ServerNotFound,
+    ServerStartError,
 )
 from .node import NodeSpec
 from .ring import Ring, murmur3_32
@@ -28,6 +29,7 @@ __all__ = [
     "ResponseError",
     "Ring",
     "ServerNotFound",
+    "ServerStartError",
     "__version__",
     "murmur3_32",
 ]

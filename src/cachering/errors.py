@@ -16,6 +16,7 @@ __all__ = [
     "ProtocolError",
     "ResponseError",
     "ServerNotFound",
+    "ServerStartError",
 ]
 
 
@@ -66,3 +67,10 @@ class ConsistencyError(CacheringError):
 
 class ServerNotFound(CacheringError, FileNotFoundError):
     """No ``redis-server`` (or ``valkey-server``) binary could be found to start."""
+
+
+class ServerStartError(CacheringError, RuntimeError):
+    """A server process could not be started or did not answer in time.
+
+    The message includes the tail of the server's log.
+    """

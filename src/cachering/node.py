@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import ssl
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import attrs
 
@@ -27,7 +27,7 @@ def _check_port(_inst: object, _attr: attrs.Attribute[int], value: object) -> No
         raise ValueError(f"NodeSpec.port must be an int in 1..65535, got {value!r}")
 
 
-def _check_weight(_inst: object, _attr: attrs.Attribute[float], value: object) -> None:
+def _check_weight(_inst: object, _attr: attrs.Attribute[Any], value: object) -> None:
     if (
         isinstance(value, bool)
         or not isinstance(value, (int, float))
@@ -107,13 +107,13 @@ class NodeSpec:
         scheme = "rediss" if self.tls is not None else "redis"
         auth = ""
         if self.username is not None or self.password is not None:
-            user = self.username or ""
+            user = quote(self.username or "", safe="")
             if self.password is None:
                 auth = f"{user}@"
             else:
-                pw = self.password if with_password else "***"
+                pw = quote(self.password, safe="") if with_password else "***"
                 auth = f"{user}:{pw}@"
-        query = [f"id={self.id}"]
+        query = [f"id={quote(self.id, safe='')}"]
         if self.weight != 1:
             query.append(f"weight={self.weight}")
         return f"{scheme}://{auth}{self.address}/{self.db}?{'&'.join(query)}"
@@ -171,7 +171,8 @@ class NodeSpec:
                 raise ValueError(f"node URL {url!r}: weight {raw!r} is not a number") from None
             if not math.isfinite(weight) or weight <= 0:
                 raise ValueError(f"node URL {url!r}: weight {raw!r} must be finite and positive")
-        node_id = id or (query["id"][0] if "id" in query else None) or f"{host}:{port}"
+        default_id = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        node_id = id or (query["id"][0] if "id" in query else None) or default_id
         username = unquote(parts.username) if parts.username else None
         password = unquote(parts.password) if parts.password is not None else None
         if parts.scheme == "rediss" and tls is None:
