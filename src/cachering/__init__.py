@@ -13,12 +13,16 @@ from .errors import (
     ServerNotFound,
     ServerStartError,
 )
+from .control_scripts import BadControlReply
+from .messages import MessageRejected
 from .node import NodeSpec
 from .ring import Ring, murmur3_32
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BadControlReply",
+    "MessageRejected",
     "CacheringError",
     "ConfigError",
     "ConsistencyError",
