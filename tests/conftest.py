@@ -45,3 +45,16 @@ def ring_impl(request: pytest.FixtureRequest) -> ModuleType:
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     """Run every ``pytest.mark.anyio`` test on asyncio and on trio."""
     return str(request.param)
+
+
+# Modules whose tests need no server; everything else starts real redis-server processes
+# and is marked ``redis`` so wheel builds (cibuildwheel) can run the pure part alone.
+_PURE_MODULES = ("test_ring", "test_messages", "test_topology", "test_values", "test_config")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs real servers with ``redis``."""
+    for item in items:
+        name = item.path.stem
+        if not name.startswith(_PURE_MODULES):
+            item.add_marker(pytest.mark.redis)
