@@ -16,6 +16,7 @@ from .errors import (
 from .control_scripts import BadControlReply
 from .messages import MessageRejected
 from .node import NodeSpec
+from .resp import Message, Pool, PubSub, Script
 from .ring import Ring, murmur3_32
 
 __version__ = "0.1.0"
@@ -28,10 +29,14 @@ __all__ = [
     "ConsistencyError",
     "EmptyRingError",
     "NodeSpec",
+    "Message",
     "NodeUnavailable",
+    "Pool",
     "ProtocolError",
+    "PubSub",
     "ResponseError",
     "Ring",
+    "Script",
     "ServerNotFound",
     "ServerStartError",
     "__version__",
