@@ -13,6 +13,8 @@ from .errors import (
     ServerNotFound,
     ServerStartError,
 )
+from .cluster import Cluster
+from .config import ClusterConfig
 from .control_scripts import BadControlReply
 from .messages import MessageRejected
 from .node import NodeSpec
@@ -25,6 +27,8 @@ __all__ = [
     "BadControlReply",
     "MessageRejected",
     "CacheringError",
+    "Cluster",
+    "ClusterConfig",
     "ConfigError",
     "ConsistencyError",
     "EmptyRingError",

@@ -1,0 +1,267 @@
+"""Cluster data-path benchmark: one run, ratios against the hand-written alternative.
+
+Usage: ``.venv/bin/python benchmarks/cluster_report.py [--rounds R] [--backend asyncio|trio]``
+
+Starts a 5-node ``LocalCluster`` and measures, in interleaved rounds (best round kept,
+which filters noise from other processes on the machine). Throughputs are given per
+second of wall clock and per second of this process's CPU: client and servers share
+the machine's cores here, so the second figure is the client's own cost:
+
+1. ``get_many``/``set_many`` of 1,000 keys: cachering versus uhashring routing plus
+   redis-py's asyncio client with one ``MGET`` (or ``MSET``) per node, issued concurrently
+   with ``asyncio.gather`` (what a user would write today). Target: >= 1.5x.
+2. Single ``get``/``set`` latency (replicas 1 and 2) versus a bare transport ``PING``
+   round trip (``Pool.execute("PING")``), back to back. Target: <= 1.25x.
+3. Replication cost: ``set_many`` throughput (including the background replica flush)
+   with ``replicas=2, consistency="one"`` versus ``replicas=1``. Target: >= 0.6x.
+4. 100,000 replica writes through the batched synchronizer versus one script call per
+   key (10 concurrent callers, the pool size). Target: >= 10x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio  # the redis-py peer runs on asyncio itself
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import anyio
+
+from cachering import values
+from cachering.cluster import Cluster
+from cachering.config import ClusterConfig
+from cachering.data_scripts import APPLY_SOURCE, apply_args
+from cachering.local import LocalCluster
+from cachering.node import NodeSpec
+from cachering.resp import Pool, Script
+
+KEYS = [f"bench:{i}" for i in range(1000)]
+VALUE = b"v" * 100
+SYNC_WRITES = 100_000
+
+
+def _config(nodes: Sequence[NodeSpec], **options: Any) -> ClusterConfig:
+    return ClusterConfig(nodes=tuple(nodes), namespace="bench", **options)
+
+
+async def _rate(
+    out: dict[str, float], name: str, call: Callable[[], Awaitable[Any]], n: int, per_call: int
+) -> None:
+    """Operations per second of ``call`` (``per_call`` operations each), after a warm-up.
+
+    Stores the wall-clock rate under ``name`` and the rate per second of this process's
+    CPU under ``name + " cpu"``: the servers are other processes, so the latter is the
+    client's own cost, what throughput becomes when the servers have their own hosts.
+    """
+    for _ in range(max(3, n // 10)):
+        await call()
+    start, cpu = time.perf_counter(), time.process_time()
+    for _ in range(n):
+        await call()
+    out[name] = n * per_call / (time.perf_counter() - start)
+    out[name + " cpu"] = n * per_call / max(time.process_time() - cpu, 1e-9)
+
+
+# ------------------------------------------------------------------------- cachering
+
+
+def cachering_many(nodes: Sequence[NodeSpec], backend: str, n: int) -> dict[str, float]:
+    async def main() -> dict[str, float]:
+        out = {}
+        mapping = dict.fromkeys(KEYS, VALUE)
+        async with Cluster(_config(nodes, replicas=1)) as cluster:
+            await cluster.set_many(mapping)
+            await _rate(out, "get_many", lambda: cluster.get_many(KEYS), n, len(KEYS))
+            await _rate(out, "set_many r=1", lambda: cluster.set_many(mapping), n, len(KEYS))
+        for replicas in (1, 2):
+            async with Cluster(_config(nodes, replicas=replicas)) as cluster:
+
+                async def write_and_sync(c: Cluster = cluster) -> None:
+                    for _ in range(10):
+                        await c.set_many(mapping)
+                    await c.flush()
+
+                name = f"set_many+sync r={replicas}"
+                await _rate(out, name, write_and_sync, max(1, n // 10), 10 * len(KEYS))
+        return out
+
+    return anyio.run(main, backend=backend)
+
+
+async def _latency(call: Callable[[], Awaitable[Any]], n: int) -> float:
+    """Microseconds per call, back to back after a warm-up.
+
+    Back to back, the background work a call leaves behind (replica flushes) competes
+    with the next calls for this process's CPU, so it is included in the figure.
+    """
+    for _ in range(50):
+        await call()
+    start = time.perf_counter()
+    for _ in range(n):
+        await call()
+    return (time.perf_counter() - start) / n * 1e6
+
+
+def cachering_single(nodes: Sequence[NodeSpec], backend: str, n: int) -> dict[str, float]:
+    async def main() -> dict[str, float]:
+        out = {}
+        async with Pool(nodes[0]) as pool:
+            out["ping"] = await _latency(lambda: pool.execute("PING"), n)
+        for replicas in (1, 2):
+            async with Cluster(_config(nodes, replicas=replicas)) as cluster:
+                await cluster.set("lat", VALUE)
+                out[f"get r={replicas}"] = await _latency(lambda: cluster.get("lat"), n)
+                out[f"set r={replicas}"] = await _latency(lambda: cluster.set("lat", VALUE), n)
+        return out
+
+    return anyio.run(main, backend=backend)
+
+
+def cachering_sync(nodes: Sequence[NodeSpec], backend: str) -> dict[str, float]:
+    """Seconds for 100,000 replica writes: batched synchronizer versus per-key calls."""
+
+    async def main() -> dict[str, float]:
+        clock = values.HybridClock.random()
+        entries = [
+            (f"bench:k:s{i}".encode(), values.encode(clock.next(), VALUE), 0)
+            for i in range(SYNC_WRITES)
+        ]
+        out = {}
+        async with Cluster(_config(nodes)) as cluster:
+            sync = cluster._sync
+            assert sync is not None
+            targets = [n.id for n in nodes]
+            start = time.perf_counter()
+            step = 1000
+            for i in range(0, SYNC_WRITES, step):
+                await sync.submit(
+                    targets[(i // step) % len(targets)], entries[i : i + step], holder=targets[0]
+                )
+            await sync.flush()
+            out["batched"] = time.perf_counter() - start
+            assert sync.stats.applied == SYNC_WRITES, sync.stats
+        clock = values.HybridClock.random()
+        newer = [(k, values.encode(clock.next(), VALUE), p) for k, _, p in entries]
+        script = Script(APPLY_SOURCE)
+        pools = [Pool(n) for n in nodes]
+        try:
+            start = time.perf_counter()
+
+            async def worker(w: int) -> None:
+                for i in range(w, SYNC_WRITES, 10):
+                    keys, argv = apply_args([newer[i]], hint_limit=1)
+                    await pools[i % len(pools)].run_script(script, keys, argv)
+
+            async with anyio.create_task_group() as tg:
+                for w in range(10):
+                    tg.start_soon(worker, w)
+            out["per_key"] = time.perf_counter() - start
+        finally:
+            for pool in pools:
+                await pool.aclose()
+        return out
+
+    return anyio.run(main, backend=backend)
+
+
+# ------------------------------------------------------------------------- the peer
+
+
+def peer_many(nodes: Sequence[NodeSpec], n: int) -> dict[str, float]:
+    """uhashring routing + redis.asyncio, one MGET/MSET per node via asyncio.gather."""
+    import redis.asyncio
+    from uhashring import HashRing
+
+    async def main() -> dict[str, float]:
+        clients = {nd.id: redis.asyncio.Redis(host=nd.host, port=nd.port) for nd in nodes}
+        ring = HashRing(nodes=list(clients))
+        try:
+
+            def group(keys: Sequence[str]) -> dict[str, list[str]]:
+                groups: dict[str, list[str]] = {}
+                for key in keys:
+                    groups.setdefault(ring.get_node(key), []).append(key)
+                return groups
+
+            async def get_many() -> list[Any]:
+                groups = group(KEYS)
+                replies = await asyncio.gather(
+                    *(clients[node].mget(keys) for node, keys in groups.items())
+                )
+                found: dict[str, Any] = {}
+                for keys, vals in zip(groups.values(), replies, strict=True):
+                    found.update(zip(keys, vals, strict=True))
+                return [found[k] for k in KEYS]
+
+            async def set_many() -> None:
+                groups = group(KEYS)
+                await asyncio.gather(
+                    *(
+                        clients[node].mset(dict.fromkeys(keys, VALUE))
+                        for node, keys in groups.items()
+                    )
+                )
+
+            await set_many()
+            out: dict[str, float] = {}
+            await _rate(out, "get_many", get_many, n, len(KEYS))
+            await _rate(out, "set_many r=1", set_many, n, len(KEYS))
+            return out
+        finally:
+            for client in clients.values():
+                await client.aclose()
+
+    return asyncio.run(main())
+
+
+def best(rows: list[dict[str, float]], lower: bool = False) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for row in rows:
+        for key, value in row.items():
+            if key not in out or (value < out[key] if lower else value > out[key]):
+                out[key] = value
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--iterations", type=int, default=200)
+    parser.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"])
+    args = parser.parse_args()
+    with LocalCluster(5) as local:
+        nodes = local.nodes
+        ours, peer, single = [], [], []
+        for _ in range(args.rounds):
+            ours.append(cachering_many(nodes, args.backend, args.iterations // 4))
+            peer.append(peer_many(nodes, args.iterations // 4))
+            single.append(cachering_single(nodes, args.backend, args.iterations * 10))
+        sync = cachering_sync(nodes, args.backend)
+    o, p, s = best(ours), best(peer), best(single, lower=True)
+    print(
+        f"cachering cluster data path, 5-node LocalCluster, backend={args.backend}, "
+        f"best of {args.rounds} rounds"
+    )
+    print(f"{'measure':<48}{'cachering':>14}{'baseline':>14}{'ratio':>8}{'target':>9}")
+
+    def row(name: str, a: float, b: float, unit: str, target: str) -> None:
+        print(f"{name:<48}{a:>10,.1f} {unit:<3}{b:>10,.1f} {unit:<3}{a / b:>7.2f}x{target:>9}")
+
+    for op in ("get_many", "set_many r=1"):
+        for cpu in ("", " cpu"):
+            what = "client CPU" if cpu else "wall clock"
+            name = f"{op} 1k keys vs uhashring+redis.asyncio, {what}"
+            row(name, o[op + cpu], p[op + cpu], "k/s", ">=1.5x")
+    for op in ("get", "set"):
+        for r in (1, 2):
+            row(f"single {op} r={r} vs Pool PING", s[f"{op} r={r}"], s["ping"], "us", "<=1.25x")
+    for cpu in ("", " cpu"):
+        what = "client CPU" if cpu else "wall clock"
+        r2, r1 = o["set_many+sync r=2" + cpu], o["set_many+sync r=1" + cpu]
+        row(f"set_many+flush r=2 vs r=1, {what}", r2, r1, "k/s", ">=0.6x")
+    row("100k replica writes: per-key / batched", sync["per_key"], sync["batched"], "s", ">=10x")
+
+
+if __name__ == "__main__":
+    main()

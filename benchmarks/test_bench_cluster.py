@@ -1,0 +1,191 @@
+"""pytest-benchmark version of benchmarks/cluster_report.py (run with ``make bench``).
+
+A 5-node LocalCluster; each client runs inside a blocking portal (an event loop in a
+helper thread). Compare rows of one run as ratios:
+
+- ``test_get_many``/``test_set_many``: cachering versus uhashring + redis.asyncio with one
+  MGET/MSET per node issued concurrently (target >= 1.5x throughput);
+- ``test_single``: one ``get``/``set`` versus a bare ``Pool.execute("PING")`` (<= 1.25x);
+- ``test_replication``: ``set_many`` + flush with replicas=2 versus 1 (>= 0.6x);
+- ``test_sync_100k``: 100,000 replica writes batched versus one script call per key (>= 10x).
+"""
+
+from __future__ import annotations
+
+import asyncio  # the redis-py peer runs on asyncio itself
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+from anyio.from_thread import start_blocking_portal
+
+from cachering import values
+from cachering.cluster import Cluster
+from cachering.config import ClusterConfig
+from cachering.data_scripts import APPLY_SOURCE, apply_args
+from cachering.local import LocalCluster
+from cachering.node import NodeSpec
+from cachering.resp import Pool, Script
+
+KEYS = [f"bench:{i}" for i in range(1000)]
+VALUE = b"v" * 100
+MAPPING = dict.fromkeys(KEYS, VALUE)
+SYNC_WRITES = 100_000
+
+Op = Callable[[], Awaitable[Any]]
+
+
+@pytest.fixture(scope="module")
+def nodes() -> Iterator[list[NodeSpec]]:
+    with LocalCluster(5) as local:
+        yield local.nodes
+
+
+def _config(nodes: list[NodeSpec], **options: Any) -> ClusterConfig:
+    return ClusterConfig(nodes=tuple(nodes), namespace="bench", **options)
+
+
+def _run(
+    benchmark: Any, backend: str, factory: Callable[[], AbstractAsyncContextManager[Op]]
+) -> None:
+    with (
+        start_blocking_portal(backend) as portal,
+        portal.wrap_async_context_manager(factory()) as op,
+    ):
+        portal.call(op)
+        benchmark(portal.call, op)
+
+
+@asynccontextmanager
+async def _cluster(nodes: list[NodeSpec], what: str, replicas: int = 1) -> AsyncIterator[Op]:
+    async with Cluster(_config(nodes, replicas=replicas)) as cluster:
+        await cluster.set_many(MAPPING)
+        await cluster.set("one", VALUE)
+
+        async def replicate() -> None:
+            for _ in range(10):
+                await cluster.set_many(MAPPING)
+            await cluster.flush()
+
+        ops: dict[str, Op] = {
+            "get_many": lambda: cluster.get_many(KEYS),
+            "set_many": lambda: cluster.set_many(MAPPING),
+            "get": lambda: cluster.get("one"),
+            "set": lambda: cluster.set("one", VALUE),
+            "replicate": replicate,
+        }
+        yield ops[what]
+
+
+@asynccontextmanager
+async def _ping(nodes: list[NodeSpec]) -> AsyncIterator[Op]:
+    async with Pool(nodes[0]) as pool:
+        yield lambda: pool.execute("PING")
+
+
+@asynccontextmanager
+async def _peer(nodes: list[NodeSpec], what: str) -> AsyncIterator[Op]:
+    import redis.asyncio
+    from uhashring import HashRing
+
+    clients = {n.id: redis.asyncio.Redis(host=n.host, port=n.port) for n in nodes}
+    ring = HashRing(nodes=list(clients))
+
+    def group() -> dict[str, list[str]]:
+        groups: dict[str, list[str]] = {}
+        for key in KEYS:
+            groups.setdefault(ring.get_node(key), []).append(key)
+        return groups
+
+    async def get_many() -> list[Any]:
+        groups = group()
+        replies = await asyncio.gather(*(clients[n].mget(ks) for n, ks in groups.items()))
+        found: dict[str, Any] = {}
+        for keys, vals in zip(groups.values(), replies, strict=True):
+            found.update(zip(keys, vals, strict=True))
+        return [found[k] for k in KEYS]
+
+    async def set_many() -> None:
+        groups = group()
+        await asyncio.gather(
+            *(clients[n].mset(dict.fromkeys(ks, VALUE)) for n, ks in groups.items())
+        )
+
+    await set_many()
+    try:
+        yield get_many if what == "get_many" else set_many
+    finally:
+        for client in clients.values():
+            await client.aclose()
+
+
+@pytest.mark.parametrize("who", ["cachering-asyncio", "cachering-trio", "uhashring-redis-py"])
+@pytest.mark.parametrize("what", ["get_many", "set_many"])
+def test_many(benchmark: Any, nodes: list[NodeSpec], who: str, what: str) -> None:
+    benchmark.group = f"{what} 1000 keys"
+    if who.startswith("cachering"):
+        _run(benchmark, who.split("-")[1], lambda: _cluster(nodes, what))
+    else:
+        _run(benchmark, "asyncio", lambda: _peer(nodes, what))
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("what", ["ping", "get", "set"])
+def test_single(benchmark: Any, nodes: list[NodeSpec], backend: str, what: str) -> None:
+    benchmark.group = f"single op latency ({backend})"
+    if what == "ping":
+        _run(benchmark, backend, lambda: _ping(nodes))
+    else:
+        _run(benchmark, backend, lambda: _cluster(nodes, what, replicas=2))
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_replication(benchmark: Any, nodes: list[NodeSpec], replicas: int) -> None:
+    benchmark.group = "10x set_many 1000 keys + flush"
+    _run(benchmark, "asyncio", lambda: _cluster(nodes, "replicate", replicas=replicas))
+
+
+def _entries() -> list[tuple[bytes, bytes, int]]:
+    clock = values.HybridClock.random()
+    return [
+        (f"bench:k:s{i}".encode(), values.encode(clock.next(), VALUE), 0)
+        for i in range(SYNC_WRITES)
+    ]
+
+
+@pytest.mark.parametrize("mode", ["batched", "per-key"])
+def test_sync_100k(benchmark: Any, nodes: list[NodeSpec], mode: str) -> None:
+    benchmark.group = "100k replica writes"
+
+    async def batched() -> None:
+        entries = _entries()
+        async with Cluster(_config(nodes)) as cluster:
+            sync = cluster._sync
+            assert sync is not None
+            ids = [n.id for n in nodes]
+            for i in range(0, SYNC_WRITES, 1000):
+                await sync.submit(ids[(i // 1000) % 5], entries[i : i + 1000], holder=ids[0])
+            await sync.flush()
+
+    async def per_key() -> None:
+        entries = _entries()
+        script = Script(APPLY_SOURCE)
+        pools = [Pool(n) for n in nodes]
+
+        async def worker(w: int) -> None:
+            for i in range(w, SYNC_WRITES, 10):
+                keys, argv = apply_args([entries[i]], hint_limit=1)
+                await pools[i % 5].run_script(script, keys, argv)
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for w in range(10):
+                    tg.start_soon(worker, w)
+        finally:
+            for pool in pools:
+                await pool.aclose()
+
+    fn = batched if mode == "batched" else per_key
+    benchmark.pedantic(lambda: anyio.run(fn), rounds=1, iterations=1)

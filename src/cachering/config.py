@@ -1,0 +1,394 @@
+"""Cluster configuration: one frozen, validated value that every part of cachering reads.
+
+>>> from cachering import NodeSpec
+>>> cfg = ClusterConfig(nodes=[NodeSpec("a", "127.0.0.1", 7000), NodeSpec("b", "127.0.0.1", 7001)])
+>>> cfg.replicas, cfg.copies
+(2, 2)
+>>> cfg.evolve(replicas=3).copies  # capped at the node count
+2
+
+Every field is checked at construction; a bad value raises :class:`ValueError` (or
+:class:`~cachering.errors.ConfigError`, a ``ValueError``, when read from a file) whose
+message names the field. Durations are seconds (int or float).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import ssl
+import sys
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+import attrs
+
+from .errors import ConfigError
+from .node import NodeSpec
+
+__all__ = ["MAX_VALUE_SIZE_LIMIT", "ClusterConfig", "Consistency"]
+
+Consistency = Literal["one", "quorum", "all"]
+"""How many copies a write waits for: the primary only, a majority of copies, or all."""
+
+#: Redis refuses bulk strings over 512 MiB; the stored header takes a few bytes of that.
+MAX_VALUE_SIZE_LIMIT = 512 * 1024 * 1024 - 64
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+(?::[A-Za-z0-9_.\-]+)*$")
+_ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+
+
+def _fail(field: str, problem: str) -> ValueError:
+    return ValueError(f"ClusterConfig.{field} {problem}")
+
+
+def _int_at_least(low: int, high: int | None = None) -> Any:
+    def check(_inst: object, attr: attrs.Attribute[int], value: object) -> None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _fail(attr.name, f"must be an int, got {type(value).__name__}")
+        if value < low or (high is not None and value > high):
+            bound = f">= {low}" if high is None else f"in {low}..{high}"
+            raise _fail(attr.name, f"must be {bound}, got {value!r}")
+
+    return check
+
+
+def _seconds(low: float, *, inclusive: bool = False, optional: bool = False) -> Any:
+    def check(_inst: object, attr: attrs.Attribute[float], value: object) -> None:
+        if value is None and optional:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _fail(attr.name, f"must be a number of seconds, got {type(value).__name__}")
+        if not math.isfinite(value) or value < low or (value == low and not inclusive):
+            op = ">=" if inclusive else ">"
+            raise _fail(attr.name, f"must be finite and {op} {low}, got {value!r}")
+
+    return check
+
+
+def _choice(*allowed: str) -> Any:
+    def check(_inst: object, attr: attrs.Attribute[str], value: object) -> None:
+        if value not in allowed:
+            raise _fail(attr.name, f"must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+
+    return check
+
+
+def _to_nodes(value: object) -> object:
+    if isinstance(value, (str, bytes, NodeSpec)) or not isinstance(value, Iterable):
+        return value  # the validator explains what is wrong
+    return tuple(value)
+
+
+def _check_nodes(_inst: object, _attr: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, tuple):
+        raise _fail("nodes", f"must be a sequence of NodeSpec, got {type(value).__name__}")
+    if not value:
+        raise _fail("nodes", "must name at least one node")
+    seen: set[str] = set()
+    for node in value:
+        if not isinstance(node, NodeSpec):
+            raise _fail("nodes", f"must hold NodeSpec objects, got {type(node).__name__}")
+        if node.id in seen:
+            raise _fail("nodes", f"has two nodes with id {node.id!r}")
+        seen.add(node.id)
+
+
+def _check_namespace(_inst: object, _attr: attrs.Attribute[str], value: object) -> None:
+    if not isinstance(value, str) or len(value) > 64 or not _NAME_RE.match(value):
+        raise _fail(
+            "namespace",
+            "must be 1-64 chars of letters, digits, '_', '.', '-', with ':' only between "
+            f"parts, got {value!r}",
+        )
+
+
+def _to_secret(value: object) -> object:
+    """Accept bytes (one key, id ``"0"``), a mapping id -> key, or (id, key) pairs."""
+    if value is None:
+        return None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return (("0", bytes(value)),)
+    if isinstance(value, str):
+        return (("0", value.encode()),)
+    if isinstance(value, Mapping):
+        value = list(value.items())
+    if isinstance(value, Iterable):
+        out: list[object] = []
+        for item in value:
+            if isinstance(item, (tuple, list)) and len(item) == 2:
+                key_id, key = item
+                if isinstance(key, str):
+                    key = key.encode()
+                elif isinstance(key, (bytearray, memoryview)):
+                    key = bytes(key)
+                out.append((key_id, key))
+            else:
+                out.append(item)
+        return tuple(out)
+    return value
+
+
+def _check_secret(_inst: object, _attr: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, tuple) or not value:
+        raise _fail("secret", "must be bytes, a mapping key_id -> bytes, or (key_id, bytes) pairs")
+    seen: set[str] = set()
+    for item in value:
+        if not isinstance(item, tuple) or len(item) != 2:
+            raise _fail("secret", f"entries must be (key_id, bytes) pairs, got {item!r}")
+        key_id, key = item
+        if not isinstance(key_id, str) or not _ID_RE.match(key_id):
+            raise _fail("secret", f"key id must be 1-64 chars [A-Za-z0-9_.:-], got {key_id!r}")
+        if key_id in seen:
+            raise _fail("secret", f"key id {key_id!r} appears twice")
+        seen.add(key_id)
+        if not isinstance(key, bytes) or len(key) < 16:
+            raise _fail("secret", f"key {key_id!r} must be at least 16 bytes")
+
+
+def _check_manager_id(_inst: object, _attr: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and (not isinstance(value, str) or not _ID_RE.match(value)):
+        raise _fail("manager_id", f"must be None or 1-64 chars [A-Za-z0-9_.:-], got {value!r}")
+
+
+def _check_bool(_inst: object, attr: attrs.Attribute[bool | None], value: object) -> None:
+    if value is not None and not isinstance(value, bool):
+        raise _fail(attr.name, f"must be a bool or None, got {type(value).__name__}")
+
+
+@attrs.frozen
+class ClusterConfig:
+    """Everything a :class:`~cachering.cluster.Cluster` needs to know, validated at construction.
+
+    Data path
+        ``nodes``: the cache servers (``NodeSpec``), unique ids, at least one; also the
+        voter set for elections. ``replicas``: copies of each key (default 2); more than
+        the node count is allowed and silently capped (see :attr:`copies`), so a config
+        can be shared by a 1-node dev setup and a 5-node fleet. ``vnodes``, ``hash``,
+        ``seed``: ring parameters (see :class:`~cachering.ring.Ring`). ``consistency``:
+        default write level, ``"one"`` (primary synchronously, replicas batched in the
+        background), ``"quorum"`` (``copies // 2 + 1`` acknowledgements) or ``"all"``.
+        ``namespace``: prefix of every Redis key the cluster stores (data under
+        ``{namespace}:k:``, internal keys under ``{namespace}:``).
+        ``connect_timeout``/``timeout``: seconds per connection attempt / per command.
+        ``pool_size``: connections per node. ``max_value_size``: largest value in bytes.
+        ``node_backoff``: seconds a node that just failed is routed around locally.
+
+    Synchronization
+        ``sync_batch_size``: replica writes per script call. ``sync_flush_interval``:
+        longest wait before a partial batch is sent. ``sync_queue_size``: most replica
+        writes held in memory; ``submit`` waits (backpressure) beyond it.
+        ``sync_shutdown_timeout``: how long ``Cluster`` exit waits to flush pending
+        batches. ``tombstone_ttl``: how long a delete is remembered so that a late, older
+        replica write cannot bring the key back. ``hint_limit``: most keys recorded for
+        one missed node before its hint set is marked overflowed.
+        ``publish_invalidations``: publish written keys on ``{namespace}:inval`` for
+        the near caches of other processes; None (default) = only when this process
+        has a near cache itself (see :attr:`publishes_invalidations`).
+
+    Near cache
+        ``near_cache_size``: entries kept in process (0 = off). ``near_cache_ttl``:
+        longest an entry is served from memory (also bounded by the key's own TTL).
+
+    Failover (used by the health, election and topology services)
+        ``heartbeat_interval`` (>= 0.01 s), ``failure_threshold`` (missed heartbeats
+        before a node is suspect), ``election_timeout`` (None: derived, see
+        :attr:`effective_election_timeout`), ``secret`` (keyring signing control
+        messages: bytes, ``{key_id: bytes}`` or ``(key_id, bytes)`` pairs, first entry
+        signs, all verify; None = unsigned), ``manager_id`` (None: random per Cluster),
+        ``topology_refresh_interval``, ``max_message_size`` (bytes), ``down_quorum``
+        (managers that must report a node before the leader marks it down).
+    """
+
+    nodes: tuple[NodeSpec, ...] = attrs.field(converter=_to_nodes, validator=_check_nodes)
+    replicas: int = attrs.field(default=2, kw_only=True, validator=_int_at_least(1))
+    vnodes: int = attrs.field(default=160, kw_only=True, validator=_int_at_least(1, 100_000))
+    hash: str = attrs.field(default="murmur3", kw_only=True, validator=_choice("murmur3", "ketama"))
+    seed: int = attrs.field(default=0, kw_only=True, validator=_int_at_least(0, 2**32 - 1))
+    consistency: Consistency = attrs.field(
+        default="one", kw_only=True, validator=_choice("one", "quorum", "all")
+    )
+    namespace: str = attrs.field(default="cachering", kw_only=True, validator=_check_namespace)
+    connect_timeout: float = attrs.field(default=1.0, kw_only=True, validator=_seconds(0))
+    timeout: float = attrs.field(default=1.0, kw_only=True, validator=_seconds(0))
+    pool_size: int = attrs.field(default=10, kw_only=True, validator=_int_at_least(1, 10_000))
+    max_value_size: int = attrs.field(
+        default=64 * 1024 * 1024,
+        kw_only=True,
+        validator=_int_at_least(1, MAX_VALUE_SIZE_LIMIT),
+    )
+    node_backoff: float = attrs.field(
+        default=1.0, kw_only=True, validator=_seconds(0, inclusive=True)
+    )
+    sync_batch_size: int = attrs.field(
+        default=512, kw_only=True, validator=_int_at_least(1, 100_000)
+    )
+    sync_flush_interval: float = attrs.field(default=0.005, kw_only=True, validator=_seconds(0))
+    sync_queue_size: int = attrs.field(default=100_000, kw_only=True, validator=_int_at_least(1))
+    sync_shutdown_timeout: float = attrs.field(
+        default=5.0, kw_only=True, validator=_seconds(0, inclusive=True)
+    )
+    tombstone_ttl: float = attrs.field(default=60.0, kw_only=True, validator=_seconds(0))
+    hint_limit: int = attrs.field(default=100_000, kw_only=True, validator=_int_at_least(1))
+    publish_invalidations: bool | None = attrs.field(
+        default=None, kw_only=True, validator=_check_bool
+    )
+    near_cache_size: int = attrs.field(default=0, kw_only=True, validator=_int_at_least(0))
+    near_cache_ttl: float = attrs.field(default=30.0, kw_only=True, validator=_seconds(0))
+    heartbeat_interval: float = attrs.field(
+        default=5.0, kw_only=True, validator=_seconds(0.01, inclusive=True)
+    )
+    failure_threshold: int = attrs.field(default=3, kw_only=True, validator=_int_at_least(1, 1000))
+    election_timeout: float | None = attrs.field(
+        default=None, kw_only=True, validator=_seconds(0, optional=True)
+    )
+    secret: tuple[tuple[str, bytes], ...] | None = attrs.field(
+        default=None, kw_only=True, converter=_to_secret, validator=_check_secret, repr=False
+    )
+    manager_id: str | None = attrs.field(default=None, kw_only=True, validator=_check_manager_id)
+    topology_refresh_interval: float = attrs.field(
+        default=30.0, kw_only=True, validator=_seconds(0)
+    )
+    max_message_size: int = attrs.field(
+        default=65536, kw_only=True, validator=_int_at_least(1024, 64 * 1024 * 1024)
+    )
+    down_quorum: int = attrs.field(default=1, kw_only=True, validator=_int_at_least(1))
+
+    def __attrs_post_init__(self) -> None:
+        if self.sync_queue_size < self.sync_batch_size:
+            raise _fail(
+                "sync_queue_size",
+                f"({self.sync_queue_size}) must be >= sync_batch_size ({self.sync_batch_size})",
+            )
+        if self.election_timeout is not None and self.election_timeout <= self.heartbeat_interval:
+            raise _fail(
+                "election_timeout",
+                f"({self.election_timeout}) must exceed heartbeat_interval "
+                f"({self.heartbeat_interval})",
+            )
+
+    @property
+    def copies(self) -> int:
+        """Copies actually kept of each key: ``replicas`` capped at the node count."""
+        return min(self.replicas, len(self.nodes))
+
+    @property
+    def publishes_invalidations(self) -> bool:
+        """Whether writes are announced for near caches.
+
+        ``publish_invalidations``, or when unset whether this process has a near cache.
+        Processes without a near cache that share a namespace with processes that have
+        one must set ``publish_invalidations=True``, or those near caches only learn of
+        their writes through ``near_cache_ttl``.
+        """
+        if self.publish_invalidations is not None:
+            return self.publish_invalidations
+        return self.near_cache_size > 0
+
+    @property
+    def effective_election_timeout(self) -> float:
+        """``election_timeout``, or when unset ``2 * heartbeat_interval * failure_threshold``."""
+        if self.election_timeout is not None:
+            return self.election_timeout
+        return 2.0 * self.heartbeat_interval * self.failure_threshold
+
+    def evolve(self, **changes: Any) -> ClusterConfig:
+        """A copy with some fields changed, validated like a new config."""
+        return attrs.evolve(self, **changes)
+
+    @classmethod
+    def from_urls(cls, urls: Iterable[str], **options: Any) -> ClusterConfig:
+        """Build a config from ``redis://`` node URLs plus keyword options.
+
+        >>> ClusterConfig.from_urls(["redis://127.0.0.1:7000?id=a"], replicas=1).nodes[0].id
+        'a'
+        """
+        if isinstance(urls, (str, bytes)):
+            raise TypeError("urls must be a sequence of URL strings, not a single string")
+        return cls(nodes=tuple(NodeSpec.from_url(u) for u in urls), **options)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> ClusterConfig:
+        """Read a TOML file: top-level keys (or a ``[cachering]`` table) named like the fields.
+
+        ``nodes`` is a list of URL strings or of tables with ``id``, ``host``, ``port``
+        and optionally ``weight``, ``username``, ``password``, ``db``, ``tls`` (true for a
+        default verifying TLS context). ``secret`` is a table ``{key_id = "key"}``.
+        Every problem raises :class:`~cachering.errors.ConfigError` naming the file and key.
+        """
+        name = os.fspath(path)
+        if sys.version_info >= (3, 11):
+            import tomllib
+        else:  # pragma: no cover - exercised on 3.10 only
+            try:
+                import tomli as tomllib  # type: ignore[import-not-found,no-redef,unused-ignore]
+            except ImportError:
+                raise ConfigError(f"{name}: reading TOML on Python 3.10 needs 'tomli'") from None
+        try:
+            with open(name, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"{name}: cannot read: {exc.strerror or exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{name}: not valid TOML: {exc}") from None
+        table = data.get("cachering", data)
+        if not isinstance(table, dict):
+            raise ConfigError(f"{name}: key 'cachering' must be a table")
+        return cls._from_mapping(table, name)
+
+    @classmethod
+    def _from_mapping(cls, table: Mapping[str, Any], source: str) -> ClusterConfig:
+        fields = {f.name for f in attrs.fields(cls)}
+        for key in table:
+            if key not in fields:
+                raise ConfigError(f"{source}: key {key!r}: unknown setting")
+        if "nodes" not in table:
+            raise ConfigError(f"{source}: key 'nodes': missing (list of node URLs or tables)")
+        raw_nodes = table["nodes"]
+        if not isinstance(raw_nodes, list):
+            raise ConfigError(f"{source}: key 'nodes': must be a list")
+        nodes = []
+        for i, raw in enumerate(raw_nodes):
+            try:
+                nodes.append(_node_from_toml(raw))
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{source}: key 'nodes[{i}]': {exc}") from None
+        options = {k: v for k, v in table.items() if k != "nodes"}
+        try:
+            return cls(nodes=tuple(nodes), **options)
+        except (TypeError, ValueError) as exc:
+            msg = str(exc)
+            match = re.match(r"ClusterConfig\.(\w+) (.*)", msg, re.S)
+            if match:
+                raise ConfigError(f"{source}: key {match[1]!r}: {match[2]}") from None
+            raise ConfigError(f"{source}: {msg}") from None
+
+
+def _node_from_toml(raw: object) -> NodeSpec:
+    if isinstance(raw, str):
+        return NodeSpec.from_url(raw)
+    if not isinstance(raw, dict):
+        raise TypeError(f"must be a URL string or a table, got {type(raw).__name__}")
+    allowed = {"id", "host", "port", "weight", "username", "password", "db", "tls"}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ValueError(f"unknown node field {unknown[0]!r}")
+    for required in ("id", "host", "port"):
+        if required not in raw:
+            raise ValueError(f"missing node field {required!r}")
+    tls = raw.get("tls", False)
+    if not isinstance(tls, bool):
+        raise ValueError("node field 'tls' must be true or false")
+    return NodeSpec(
+        raw["id"],
+        raw["host"],
+        raw["port"],
+        weight=raw.get("weight", 1),
+        username=raw.get("username"),
+        password=raw.get("password"),
+        db=raw.get("db", 0),
+        tls=ssl.create_default_context() if tls else None,
+    )

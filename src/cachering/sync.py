@@ -1,0 +1,312 @@
+"""The replica synchronizer: replica writes batched per node, flushed by size or by time.
+
+Writers hand replica writes to :meth:`Synchronizer.submit`; a service in the cluster's
+task group groups them per target node and sends each node one pipeline of ``APPLY``
+script calls (at most ``sync_batch_size`` keys each) per flush. A flush happens as soon
+as one node's batch is full, or ``sync_flush_interval`` after the first pending write.
+
+Memory is bounded: ``submit`` splits work into chunks of at most ``sync_batch_size``
+entries that travel through a bounded memory object stream; the service stops taking
+chunks while ``sync_queue_size`` entries are pending or in flight, so the stream fills up
+and ``submit`` waits (backpressure). Nothing is dropped silently: a write whose node is
+unreachable is counted as dropped and its key is recorded as a hint on the node that took
+the write (its *holder*), for the repair path to replay.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from itertools import chain
+from typing import Any
+
+import anyio
+import attrs
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from .data_scripts import apply_args, hint_keys
+from .errors import NodeUnavailable, ResponseError
+from .resp.pool import Pool
+from .resp.script import Script
+
+__all__ = ["Entry", "SyncStats", "Synchronizer"]
+
+Entry = tuple[bytes, bytes, int]
+"""(Redis key, stored value, absolute expiry in ms or 0)."""
+
+
+@attrs.define
+class SyncStats:
+    """Counters of the synchronizer (plain ints, read by ``Cluster.metrics``)."""
+
+    submitted: int = 0
+    applied: int = 0
+    stale: int = 0
+    dropped: int = 0
+    batches: int = 0
+    flushes: int = 0
+    hints_recorded: int = 0
+    hints_lost: int = 0
+    abandoned: int = 0
+
+
+@attrs.define
+class _Chunk:
+    node: str
+    holder: str
+    keys: list[bytes]
+    flat: list[bytes | int]  # value, pxat, value, pxat, ... (the script's ARGV layout)
+
+
+class Synchronizer:
+    """Batched, bounded, backpressured replica writes (a service: start ``run``)."""
+
+    def __init__(
+        self,
+        pools: Mapping[str, Pool],
+        script: Script,
+        *,
+        namespace: str,
+        batch_size: int,
+        flush_interval: float,
+        queue_size: int,
+        hint_limit: int,
+        timeout: float,
+        on_failure: Callable[[str], None] = lambda node: None,
+    ) -> None:
+        self._pools = pools
+        self._script = script
+        self._namespace = namespace
+        self._prefix_len = len(f"{namespace}:k:".encode())
+        self._batch_size = batch_size
+        self._interval = flush_interval
+        self._queue_size = queue_size
+        self._hint_limit = hint_limit
+        self._timeout = timeout
+        self._on_failure = on_failure
+        self.stats = SyncStats()
+        buffer = max(1, queue_size // batch_size)
+        streams: tuple[MemoryObjectSendStream[_Chunk], MemoryObjectReceiveStream[_Chunk]]
+        streams = anyio.create_memory_object_stream[_Chunk](buffer)
+        self._send, self._recv = streams
+        self._pending: dict[str, list[_Chunk]] = defaultdict(list)
+        self._node_count: dict[str, int] = defaultdict(int)
+        self._pending_count = 0  # pending + in flight
+        self._space = anyio.Event()
+        self._wake = anyio.Event()
+        self._full = False
+        self._idle = False
+        self._closed = False
+        self._completed = 0
+        self._waiters: list[tuple[int, anyio.Event]] = []
+        self.finished = anyio.Event()
+        """Set when the service has flushed everything after :meth:`close`."""
+
+    # ---------------------------------------------------------------- producer side
+
+    @property
+    def depth(self) -> int:
+        """Replica writes accepted and not yet completed (queued, pending or in flight)."""
+        return self.stats.submitted - self._completed
+
+    async def submit(self, node: str, entries: Sequence[Entry], *, holder: str) -> None:
+        """Queue replica writes for ``node``; waits while the queue is full.
+
+        ``holder`` is a node that took the same writes: hints go there if ``node`` fails.
+        """
+        keys = [e[0] for e in entries]
+        flat: list[bytes | int] = []
+        for _, value, pxat in entries:
+            flat.append(value)
+            flat.append(pxat)
+        await self.submit_flat(node, keys, flat, holder=holder)
+
+    async def submit_flat(
+        self, node: str, keys: list[bytes], flat: list[bytes | int], *, holder: str
+    ) -> None:
+        """:meth:`submit` with the entries already laid out: Redis keys, then
+        ``value, pxat`` pairs in the same order (what the cluster's hot path builds)."""
+        step = self._batch_size
+        for start in range(0, len(keys), step):
+            chunk = _Chunk(
+                node, holder, keys[start : start + step], flat[2 * start : 2 * (start + step)]
+            )
+            count = len(chunk.keys)
+            self.stats.submitted += count
+            try:
+                # send_nowait first: a free slot should not cost a trip through the loop
+                self._send.send_nowait(chunk)
+            except anyio.WouldBlock:
+                try:
+                    await self._send.send(chunk)
+                except BaseException:
+                    self.stats.submitted -= count
+                    raise
+            except BaseException:
+                self.stats.submitted -= count
+                raise
+
+    async def flush(self) -> None:
+        """Wait until every write submitted before this call has been completed."""
+        target = self.stats.submitted
+        if self._completed >= target:
+            return
+        event = anyio.Event()
+        self._waiters.append((target, event))
+        self._wake.set()
+        await event.wait()
+
+    def close(self) -> None:
+        """Accept no more writes; the service flushes what it holds, then sets ``finished``."""
+        self._send.close()
+
+    def abandon(self) -> None:
+        """Count everything not yet completed as abandoned (shutdown timed out)."""
+        self.stats.abandoned += self.depth
+        self._complete(self.depth)
+
+    # ---------------------------------------------------------------- service
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Take chunks from the stream and flush them until :meth:`close`."""
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._flush_loop)
+                task_status.started()
+                async with self._recv:
+                    async for chunk in self._recv:
+                        while self._pending_count >= self._queue_size:
+                            self._space = anyio.Event()
+                            await self._space.wait()
+                        bucket = self._pending[chunk.node]
+                        bucket.append(chunk)
+                        count = len(chunk.keys)
+                        self._pending_count += count
+                        self._node_count[chunk.node] += count
+                        if self._node_count[chunk.node] >= self._batch_size:
+                            self._full = True
+                            self._wake.set()
+                        elif self._idle:
+                            self._wake.set()
+                self._closed = True
+                self._wake.set()
+        finally:
+            self.finished.set()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            if not any(self._pending.values()):
+                if self._closed:
+                    return
+                self._wake = anyio.Event()
+                self._idle = True
+                try:
+                    await self._wake.wait()
+                finally:
+                    self._idle = False
+                continue
+            # Every arriving chunk wakes us; keep waiting for the interval unless a batch
+            # filled up, the stream closed or someone waits in flush().
+            with anyio.move_on_after(self._interval):
+                while not (self._full or self._closed or self._waiters):
+                    self._wake = anyio.Event()
+                    await self._wake.wait()
+            taken = {node: batch for node, batch in self._pending.items() if batch}
+            self._pending.clear()
+            count = sum(self._node_count.values())
+            self._node_count.clear()
+            self._full = False
+            self.stats.flushes += 1
+            async with anyio.create_task_group() as tg:
+                for node, batch in taken.items():
+                    tg.start_soon(self._send_node, node, batch)
+            self._pending_count -= count
+            self._space.set()
+            self._complete(count)
+
+    def _complete(self, count: int) -> None:
+        self._completed += count
+        if self._waiters:
+            done = self._completed
+            keep = []
+            for target, event in self._waiters:
+                if target <= done:
+                    event.set()
+                else:
+                    keep.append((target, event))
+            self._waiters = keep
+
+    def _pieces(self, chunks: list[_Chunk]) -> list[list[_Chunk]]:
+        """Pack chunks (each at most a batch) into script calls of at most a batch."""
+        pieces: list[list[_Chunk]] = []
+        size = self._batch_size + 1
+        for chunk in chunks:
+            n = len(chunk.keys)
+            if size + n > self._batch_size:
+                pieces.append([])
+                size = 0
+            pieces[-1].append(chunk)
+            size += n
+        return pieces
+
+    def _command(self, piece: list[_Chunk]) -> tuple[list[bytes], list[bytes | int]]:
+        keys = list(chain.from_iterable(c.keys for c in piece))
+        argv: list[bytes | int] = [self._hint_limit, 0]
+        argv.extend(chain.from_iterable(c.flat for c in piece))
+        return keys, argv
+
+    async def _send_node(self, node: str, chunks: list[_Chunk]) -> None:
+        pieces = self._pieces(chunks)
+        commands: list[list[Any]] = []
+        for piece in pieces:
+            keys, argv = self._command(piece)
+            commands.append(["EVALSHA", self._script.sha, len(keys), *keys, *argv])
+        self.stats.batches += len(pieces)
+        pool = self._pools.get(node)
+        if pool is None:  # routed to a node this cluster has no pool for
+            await self._record_drops(node, chunks)
+            return
+        try:
+            replies = await pool.pipeline(commands, timeout=self._timeout, raise_on_error=False)
+            for i, reply in enumerate(replies):
+                if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"):
+                    keys, argv = self._command(pieces[i])
+                    replies[i] = await pool.run_script(
+                        self._script, keys, argv, timeout=self._timeout
+                    )
+        except NodeUnavailable:
+            self._on_failure(node)
+            await self._record_drops(node, chunks)
+            return
+        except Exception:  # a refusal (OOM, ...) or anything else: count it, keep serving
+            await self._record_drops(node, chunks)
+            return
+        for piece, reply in zip(pieces, replies, strict=True):
+            if isinstance(reply, bytes):
+                stale = reply.count(b"0")
+                self.stats.stale += stale
+                self.stats.applied += len(reply) - stale
+            else:
+                await self._record_drops(node, piece)
+
+    async def _record_drops(self, node: str, chunks: list[_Chunk]) -> None:
+        by_holder: dict[str, list[bytes]] = defaultdict(list)
+        cut = self._prefix_len
+        for chunk in chunks:
+            self.stats.dropped += len(chunk.keys)
+            by_holder[chunk.holder].extend(k[cut:] for k in chunk.keys)
+        hint_key, overflow_key = hint_keys(self._namespace, node)
+        for holder, members in by_holder.items():
+            keys, argv = apply_args(
+                (), hint_limit=self._hint_limit, hints=[(hint_key, overflow_key, members)]
+            )
+            pool = self._pools.get(holder)
+            try:
+                if pool is None:
+                    raise NodeUnavailable(holder, "no pool for this node")
+                await pool.run_script(self._script, keys, argv, timeout=self._timeout)
+            except Exception:  # counted; the service must keep running
+                self.stats.hints_lost += len(members)
+            else:
+                self.stats.hints_recorded += len(members)

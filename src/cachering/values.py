@@ -1,0 +1,160 @@
+"""The stored value format and the hybrid logical clock that versions every write.
+
+Every copy of a key holds ``header + user bytes``. The header is 18 bytes::
+
+    offset size  field
+    0      1     format byte, 0x01
+    1      8     HLC, unsigned big-endian: 48-bit wall clock in ms << 16 | 16-bit counter
+    9      8     writer id (random per Cluster instance)
+    17     1     flags: bit 0 = tombstone (a delete; no user bytes follow)
+    18     n     the user's bytes, exactly as given to ``set``
+
+Bytes 1..16 together are the *version*. Because both parts are big-endian, comparing the
+16 bytes lexicographically orders versions by clock, then by writer id; the write script
+keeps the copy with the greatest version, so every copy of a key converges on one value
+no matter in what order the writes arrive.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+__all__ = [
+    "FLAG_TOMBSTONE",
+    "FORMAT",
+    "HEADER_SIZE",
+    "HybridClock",
+    "StoredValue",
+    "decode",
+    "encode",
+    "header",
+    "hlc_of",
+    "user_bytes",
+]
+
+FORMAT = 0x01
+HEADER_SIZE = 18
+FLAG_TOMBSTONE = 0x01
+_VERSION = struct.Struct(">Q8s")
+_MAX_WALL = (1 << 48) - 1
+_FORMAT_BYTE = bytes([FORMAT])
+
+
+class StoredValue(NamedTuple):
+    """A decoded stored value."""
+
+    hlc: int
+    """``wall_ms << 16 | counter``."""
+    writer: bytes
+    """8-byte writer id."""
+    tombstone: bool
+    """True for a delete marker."""
+    data: bytes
+    """The user's bytes (empty for a tombstone)."""
+
+    @property
+    def version(self) -> bytes:
+        """The 16 comparable version bytes (HLC then writer id)."""
+        return _VERSION.pack(self.hlc, self.writer)
+
+
+def header(version: bytes, *, tombstone: bool = False) -> bytes:
+    """The 18-byte header for a 16-byte ``version``."""
+    return b"".join((_FORMAT_BYTE, version, b"\x01" if tombstone else b"\x00"))
+
+
+def encode(version: bytes, data: bytes | None) -> bytes:
+    """Header + data for a 16-byte ``version``; ``data=None`` encodes a tombstone."""
+    if data is None:
+        return b"".join((_FORMAT_BYTE, version, b"\x01"))
+    return b"".join((_FORMAT_BYTE, version, b"\x00", data))
+
+
+def decode(raw: bytes) -> StoredValue | None:
+    """Parse a stored value; None when it is not in this format (a foreign value)."""
+    if len(raw) < HEADER_SIZE or raw[0] != FORMAT:
+        return None
+    hlc, writer = _VERSION.unpack_from(raw, 1)
+    tombstone = bool(raw[17] & FLAG_TOMBSTONE)
+    return StoredValue(hlc, writer, tombstone, b"" if tombstone else raw[HEADER_SIZE:])
+
+
+def user_bytes(raw: bytes | None) -> bytes | None:
+    """What ``get`` returns for a raw stored value: the user bytes, or None.
+
+    Missing keys, tombstones and values not written by cachering all read as None
+    (a foreign value under the namespace is treated as absent rather than returned
+    with a header that would be mistaken for data).
+    """
+    if raw is None or len(raw) < HEADER_SIZE or raw[0] != FORMAT or raw[17] & FLAG_TOMBSTONE:
+        return None
+    return raw[HEADER_SIZE:]
+
+
+def hlc_of(raw: bytes) -> int:
+    """The HLC of a stored value in this format (0 if it is not)."""
+    if len(raw) < HEADER_SIZE or raw[0] != FORMAT:
+        return 0
+    return int.from_bytes(raw[1:9], "big")
+
+
+class HybridClock:
+    """Hybrid logical clock: wall-clock milliseconds plus a counter, never going backwards.
+
+    ``next()`` returns a new 16-byte version (HLC + writer id), strictly greater than any
+    version this clock returned or observed before, and close to the wall clock, so that
+    "last writer wins" matches intuition when clocks are roughly in sync. ``wall_ms`` is
+    a callable returning Unix milliseconds (for tests; default: the system clock).
+
+    >>> clock = HybridClock(b"\\x00" * 8)
+    >>> a, b = clock.next(), clock.next()
+    >>> a < b
+    True
+    """
+
+    __slots__ = ("_last", "_wall_ms", "writer")
+
+    def __init__(
+        self, writer: bytes, *, last: int = 0, wall_ms: Callable[[], int] | None = None
+    ) -> None:
+        if not isinstance(writer, bytes) or len(writer) != 8:
+            raise ValueError("HybridClock.writer must be 8 bytes")
+        self.writer = writer
+        """The 8-byte writer id appended to every version."""
+        self._last = last
+        self._wall_ms = wall_ms
+
+    @classmethod
+    def random(cls) -> HybridClock:
+        """A clock with a random writer id."""
+        return cls(os.urandom(8))
+
+    def _now(self) -> int:
+        if self._wall_ms is not None:
+            return int(self._wall_ms())
+        return time.time_ns() // 1_000_000
+
+    def tick(self) -> int:
+        """Advance and return the new HLC value (an int)."""
+        now = min(self._now(), _MAX_WALL) << 16
+        hlc = now if now > self._last else self._last + 1
+        self._last = hlc
+        return hlc
+
+    def next(self) -> bytes:
+        """A fresh 16-byte version: HLC then writer id."""
+        return _VERSION.pack(self.tick(), self.writer)
+
+    def observe(self, hlc: int) -> None:
+        """Move past an HLC seen on a stored value, so our next write orders after it."""
+        if hlc > self._last:
+            self._last = hlc
+
+    @property
+    def last(self) -> int:
+        """The last HLC returned or observed."""
+        return self._last

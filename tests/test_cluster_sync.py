@@ -1,0 +1,121 @@
+"""The batched replica synchronizer: batching, backpressure, shutdown flush, accounting."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import anyio
+import pytest
+
+from cachering import values
+from cachering.cluster import Cluster
+from cachering.local import LocalCluster
+from cluster_helpers import Inspector, config
+
+pytestmark = pytest.mark.anyio
+
+_ns = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def local() -> Iterator[LocalCluster]:
+    with LocalCluster(3) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def inspect(local: LocalCluster) -> Iterator[Inspector]:
+    inspector = Inspector(local)
+    yield inspector
+    inspector.close()
+
+
+@pytest.fixture
+def ns(local: LocalCluster) -> Iterator[str]:
+    yield f"s{next(_ns)}"
+    for i in range(len(local.nodes)):
+        if local.is_paused(i):
+            local.resume(i)
+
+
+async def test_replica_writes_travel_in_batches(local: LocalCluster, ns: str) -> None:
+    # a long interval: batches go out when full, the rest when flush() asks
+    cfg = config(local.nodes, ns, sync_flush_interval=30.0, sync_batch_size=256)
+    async with Cluster(cfg) as cluster:
+        await cluster.set_many({f"k{i}": b"v" for i in range(3000)})
+        for i in range(200):
+            await cluster.set(f"one{i}", b"v")
+        await cluster.flush()
+        sync = cluster.metrics()["sync"]
+        assert sync["submitted"] == 3200
+        assert sync["replica_writes_applied"] == 3200
+        # 3200 replica writes to 3 nodes: a few dozen script calls, not one per key
+        assert sync["batches_flushed"] <= 40
+        assert sync["queue_depth"] == 0
+
+
+async def test_backpressure_bounds_the_queue(
+    local: LocalCluster, inspect: Inspector, ns: str
+) -> None:
+    cfg = config(local.nodes, ns, sync_batch_size=4, sync_queue_size=8, timeout=0.3, node_backoff=0)
+    async with Cluster(cfg) as cluster:
+        sync = cluster._sync
+        assert sync is not None
+        local.pause(1)
+        entries = [
+            (f"{ns}:k:p{i}".encode(), values.encode(cluster._clock.next(), b"v"), 0)
+            for i in range(100)
+        ]
+        done = anyio.Event()
+        depths: list[int] = []
+
+        async def produce() -> None:
+            await sync.submit("n1", entries, holder="n0")
+            done.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(produce)
+            with anyio.move_on_after(0.2):
+                await done.wait()
+            # the node is frozen: submit must be waiting, with a bounded number accepted
+            assert not done.is_set()
+            depths.append(sync.depth)
+            local.resume(1)
+            await done.wait()
+        await cluster.flush()
+        stats = cluster.metrics()["sync"]
+        # pending (8) + stream buffer (8 // 4 chunks) + one chunk in each hand, 4 keys each
+        assert 8 <= max(depths) <= 8 + (2 + 2) * 4
+        assert stats["submitted"] == 100
+        assert stats["replica_writes_applied"] + stats["replica_writes_dropped"] == 100
+        assert stats["queue_depth"] == 0
+        # whatever was dropped while the node was frozen left a hint on the holder
+        hinted = inspect.hints("n0", ns, "n1")
+        assert len(hinted) == stats["replica_writes_dropped"]
+
+
+async def test_exit_flushes_pending_batches(
+    local: LocalCluster, inspect: Inspector, ns: str
+) -> None:
+    cfg = config(local.nodes, ns, sync_flush_interval=30.0)
+    async with Cluster(cfg) as cluster:
+        for i in range(20):
+            await cluster.set(f"e{i}", b"v")
+        assert cluster.metrics()["sync"]["queue_depth"] == 20
+        prefs = {f"e{i}": cluster.preference_list(f"e{i}") for i in range(20)}
+    for key, nodes in prefs.items():
+        assert inspect.holders(ns, key) == set(nodes)
+    assert cluster.metrics()["sync"]["replica_writes_applied"] == 20
+
+
+async def test_exit_gives_up_after_the_shutdown_timeout(local: LocalCluster, ns: str) -> None:
+    cfg = config(local.nodes, ns, sync_flush_interval=30.0, timeout=5.0, sync_shutdown_timeout=0.2)
+    async with Cluster(cfg) as cluster:
+        keys = [k for k in (f"t{i}" for i in range(200)) if cluster.preference_list(k)[1] == "n2"]
+        for key in keys[:10]:
+            await cluster.set(key, b"v")
+        local.pause(2)
+    stats = cluster.metrics()["sync"]
+    assert stats["replica_writes_abandoned"] == 10
+    assert stats["queue_depth"] == 0

@@ -1,0 +1,213 @@
+"""The stored value format, the hybrid logical clock and the apply-if-newer write script."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from cachering import values
+from cachering.data_scripts import APPLY_SOURCE, apply_args, hint_keys
+from cachering.local import LocalCluster
+
+# ----------------------------------------------------------------------------- format
+
+
+def test_encode_decode_roundtrip() -> None:
+    clock = values.HybridClock(b"W" * 8)
+    version = clock.next()
+    raw = values.encode(version, b"\x00payload\xff")
+    assert len(raw) == values.HEADER_SIZE + 9
+    assert raw[0] == values.FORMAT
+    decoded = values.decode(raw)
+    assert decoded is not None
+    assert decoded.version == version
+    assert decoded.writer == b"W" * 8
+    assert not decoded.tombstone
+    assert decoded.data == b"\x00payload\xff"
+    assert values.user_bytes(raw) == b"\x00payload\xff"
+
+
+def test_empty_value_is_not_a_tombstone() -> None:
+    raw = values.encode(values.HybridClock(b"a" * 8).next(), b"")
+    assert values.user_bytes(raw) == b""
+
+
+def test_tombstone_reads_as_missing() -> None:
+    raw = values.encode(values.HybridClock(b"a" * 8).next(), None)
+    decoded = values.decode(raw)
+    assert decoded is not None
+    assert decoded.tombstone
+    assert values.user_bytes(raw) is None
+
+
+@pytest.mark.parametrize("raw", [b"", b"short", b"\x02" + b"x" * 30, None])
+def test_foreign_values_read_as_missing(raw: bytes | None) -> None:
+    assert values.user_bytes(raw) is None
+    if raw is not None:
+        assert values.decode(raw) is None
+
+
+def test_hlc_layout_is_wall_ms_and_counter() -> None:
+    clock = values.HybridClock(b"a" * 8, wall_ms=lambda: 1_000)
+    first = clock.tick()
+    assert first == 1_000 << 16
+    assert clock.tick() == (1_000 << 16) + 1
+
+
+def test_hlc_is_monotonic_when_the_wall_clock_goes_back() -> None:
+    now = [5_000]
+    clock = values.HybridClock(b"a" * 8, wall_ms=lambda: now[0])
+    seen = []
+    for step in (0, -100, -4_000, 10, 0):
+        now[0] += step
+        seen.append(clock.next())
+    assert seen == sorted(seen)
+    assert len(set(seen)) == len(seen)
+
+
+def test_hlc_counter_overflow_carries_into_ms() -> None:
+    clock = values.HybridClock(b"a" * 8, wall_ms=lambda: 7)
+    for _ in range(70_000):
+        clock.tick()
+    assert clock.last >> 16 == 8
+
+
+def test_hlc_observe_orders_later_writes_after() -> None:
+    clock = values.HybridClock(b"a" * 8, wall_ms=lambda: 10)
+    clock.observe(99 << 16)
+    assert clock.tick() > 99 << 16
+
+
+def test_hlc_close_to_wall_clock() -> None:
+    clock = values.HybridClock.random()
+    assert abs((clock.tick() >> 16) - time.time() * 1000) < 60_000
+
+
+def test_writer_must_be_8_bytes() -> None:
+    with pytest.raises(ValueError, match="writer"):
+        values.HybridClock(b"short")
+
+
+# ----------------------------------------------------------------------------- script
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[redis.Redis]:
+    with LocalCluster(1) as local:
+        node = local.nodes[0]
+        client = redis.Redis(host=node.host, port=node.port)
+        try:
+            yield client
+        finally:
+            client.close()
+
+
+def _apply(client: redis.Redis, entries, **kw) -> str:  # type: ignore[no-untyped-def]
+    keys, argv = apply_args(entries, hint_limit=kw.pop("hint_limit", 10), **kw)
+    reply = client.eval(APPLY_SOURCE, len(keys), *keys, *argv)
+    return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+
+def test_script_applies_only_newer(server: redis.Redis) -> None:
+    server.flushall()
+    a = values.HybridClock(b"a" * 8, wall_ms=lambda: 1_000)
+    v1, v2 = a.next(), a.next()
+    assert _apply(server, [(b"k", values.encode(v2, b"new"), 0)]) == "1"
+    assert _apply(server, [(b"k", values.encode(v1, b"old"), 0)]) == "0"
+    assert values.user_bytes(server.get(b"k")) == b"new"
+    # same version again: idempotent, not re-applied
+    assert _apply(server, [(b"k", values.encode(v2, b"new"), 0)]) == "0"
+
+
+def test_script_ties_broken_by_writer_id(server: redis.Redis) -> None:
+    server.flushall()
+    low = values.HybridClock(b"\x00" * 8, wall_ms=lambda: 1).next()
+    high = values.HybridClock(b"\xff" * 8, wall_ms=lambda: 1).next()
+    _apply(server, [(b"k", values.encode(high, b"H"), 0)])
+    assert _apply(server, [(b"k", values.encode(low, b"L"), 0)]) == "0"
+    assert values.user_bytes(server.get(b"k")) == b"H"
+
+
+def test_script_converges_in_any_order(server: redis.Redis) -> None:
+    rng = random.Random(7)
+    clocks = [values.HybridClock(bytes([i]) * 8, wall_ms=lambda: 42) for i in range(3)]
+    writes = [(c.next(), f"{i}-{j}".encode()) for i, c in enumerate(clocks) for j in range(3)]
+    best = max(writes)[1]
+    for order in itertools.islice(itertools.permutations(writes), 0, None, 5000):
+        server.flushall()
+        order = list(order)
+        rng.shuffle(order)
+        for version, data in order:
+            _apply(server, [(b"k", values.encode(version, data), 0)])
+        assert values.user_bytes(server.get(b"k")) == best
+
+
+def test_script_tombstone_blocks_older_write(server: redis.Redis) -> None:
+    server.flushall()
+    clock = values.HybridClock(b"a" * 8)
+    old, tomb = clock.next(), clock.next()
+    assert _apply(server, [(b"k", values.encode(old, b"v"), 0)]) == "1"
+    pxat = int(time.time() * 1000) + 60_000
+    assert _apply(server, [(b"k", values.encode(tomb, None), pxat)]) == "2"
+    assert _apply(server, [(b"k", values.encode(old, b"v"), 0)]) == "0"
+    assert values.user_bytes(server.get(b"k")) is None
+    assert 0 < server.pttl(b"k") <= 60_000
+
+
+def test_script_sets_absolute_expiry(server: redis.Redis) -> None:
+    server.flushall()
+    clock = values.HybridClock(b"a" * 8)
+    pxat = int(time.time() * 1000) + 50_000
+    assert _apply(server, [(b"k", values.encode(clock.next(), b"v"), pxat)]) == "1"
+    assert server.execute_command("PEXPIRETIME", b"k") == pxat
+    # a newer write without ttl clears the expiry
+    _apply(server, [(b"k", values.encode(clock.next(), b"w"), 0)])
+    assert server.pttl(b"k") == -1
+
+
+def test_script_many_keys_and_binary(server: redis.Redis) -> None:
+    server.flushall()
+    clock = values.HybridClock(b"a" * 8)
+    entries = [
+        (b"ns:k:" + bytes([i, 0, 255]), values.encode(clock.next(), bytes([i])), 0)
+        for i in range(200)
+    ]
+    assert _apply(server, entries) == "1" * 200
+    assert server.dbsize() == 200
+    assert values.user_bytes(server.get(b"ns:k:" + bytes([5, 0, 255]))) == b"\x05"
+
+
+def test_script_replaces_wrong_type_and_foreign_values(server: redis.Redis) -> None:
+    server.flushall()
+    server.rpush(b"a", b"x")
+    server.set(b"b", b"plain")
+    clock = values.HybridClock(b"a" * 8)
+    out = _apply(
+        server,
+        [
+            (b"a", values.encode(clock.next(), b"1"), 0),
+            (b"b", values.encode(clock.next(), b"2"), 0),
+        ],
+    )
+    assert out == "11"
+    assert values.user_bytes(server.get(b"a")) == b"1"
+
+
+def test_script_records_bounded_hints(server: redis.Redis) -> None:
+    server.flushall()
+    hk, ok = hint_keys("ns", "n1")
+    members = [f"m{i}".encode() for i in range(5)]
+    _apply(server, [], hints=[(hk, ok, members)], hint_limit=3)
+    assert server.scard(hk) == 3
+    assert server.get(ok) == b"1"
+    server.delete(ok)
+    # members already present do not overflow
+    present = sorted(server.smembers(hk))
+    _apply(server, [], hints=[(hk, ok, present)], hint_limit=3)
+    assert server.get(ok) is None
+    assert hk == b"ns:hint:n1"
