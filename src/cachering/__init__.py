@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from .cluster import Cluster
+from .config import ClusterConfig
+from .control_scripts import BadControlReply
 from .errors import (
     CacheringError,
     ConfigError,
@@ -13,9 +16,6 @@ from .errors import (
     ServerNotFound,
     ServerStartError,
 )
-from .cluster import Cluster
-from .config import ClusterConfig
-from .control_scripts import BadControlReply
 from .messages import MessageRejected
 from .node import NodeSpec
 from .resp import Message, Pool, PubSub, Script
@@ -25,15 +25,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BadControlReply",
-    "MessageRejected",
     "CacheringError",
     "Cluster",
     "ClusterConfig",
     "ConfigError",
     "ConsistencyError",
     "EmptyRingError",
-    "NodeSpec",
     "Message",
+    "MessageRejected",
+    "NodeSpec",
     "NodeUnavailable",
     "Pool",
     "ProtocolError",

@@ -14,7 +14,9 @@ __all__ = ["IMPLEMENTATION", "Ring", "murmur3_32"]
 
 IMPLEMENTATION: str
 
-if TYPE_CHECKING:
+# Type checkers read the annotated Python twin; the branches stay apart so that mypy
+# never considers the compiled module (it has no stubs, by design).
+if TYPE_CHECKING:  # noqa: SIM114
     from ._ring_py import Ring, murmur3_32
 
     IMPLEMENTATION = "python"
