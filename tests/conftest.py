@@ -7,8 +7,19 @@ import platform
 from types import ModuleType
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from cachering import _ring_py
+
+# Shared CI machines are slow and noisy: no per-example deadline and no "too slow"
+# health check, which would fail a correct test because another process ran.
+settings.register_profile(
+    "cachering",
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    print_blob=True,
+)
+settings.load_profile(os.environ.get("CACHERING_HYPOTHESIS_PROFILE", "cachering"))
 
 EXTENSIONS_EXPECTED = (
     not os.environ.get("CACHERING_NO_EXTENSIONS") and platform.python_implementation() == "CPython"
