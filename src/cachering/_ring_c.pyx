@@ -2,26 +2,28 @@
 # cython: initializedcheck=False
 """Compiled consistent-hash ring; answers identically to ``cachering._ring_py``.
 
-Layout: a sorted ``uint32`` point array, a parallel ``uint16`` owner array and a bucket
-index on the top bits of the hash (at most one uint32 per four points), so a ring costs
-at most 8 bytes per point. Node validation, point counts and ``repr`` come from the
-Python twin so that both raise the same errors.
+Layout: a sorted ``uint32`` point array (plus a few 0xFFFFFFFF padding entries), a
+parallel ``uint16`` owner array and a bucket index on the top bits of the hash (at most
+one uint32 per two points), so a ring costs about 7 bytes per point. Node validation,
+point counts and ``repr`` come from the Python twin so that both raise the same errors.
+
+Batches run in phases: hash every key into a buffer, map hashes to owners with a
+branch-free search, then build the result; each phase is a tight loop with no calls.
 
 The module is longer than the usual ~600 lines on purpose: the hash functions (MurmurHash3,
-an unrolled MD5 and an eight-lane SIMD MD5 for batches) must be inlined into the batch
-loops, which Cython does only within one module.
+MD5 and a sixteen-lane SIMD MD5 for batches) must be inlined into the batch loops, which
+Cython does only within one module.
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_Check, PyBytes_GET_SIZE
-from cpython.list cimport PyList_New, PyList_SET_ITEM
+from cpython.list cimport PyList_New
 from cpython.object cimport PyObject
-from cpython.ref cimport Py_INCREF
+from cpython.ref cimport Py_INCREF, Py_XDECREF
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_New, PyTuple_SET_ITEM
 from cpython.unicode cimport PyUnicode_Check
-from libc.math cimport fabs, sin
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport free, malloc, qsort
+from libc.stdlib cimport calloc, free, malloc, qsort, realloc
 from libc.string cimport memcpy, memset
 
 from ._ring_py import _check_n, _check_options, _check_seed, _format_repr, _parse_nodes
@@ -33,11 +35,43 @@ __all__ = ["Ring", "murmur3_32"]
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*) except NULL
     bint PyUnicode_IS_COMPACT_ASCII(object)
-    void* PyUnicode_DATA(object)
     Py_ssize_t PyUnicode_GET_LENGTH(object)
     object PySequence_Fast(object, const char*)
     Py_ssize_t PySequence_Fast_GET_SIZE(object)
     PyObject** PySequence_Fast_ITEMS(object)
+    void PyObject_GC_UnTrack(void*)
+
+cdef extern from *:
+    """
+    /* A compact ASCII str keeps its characters right after its header (the layout
+       PyUnicode_DATA reads too, after re-checking kind and compactness every call). */
+    #define cr_ascii_data(op) ((const void *)(((PyASCIIObject *)(op)) + 1))
+    """
+    const void* cr_ascii_data(PyObject* op) noexcept nogil
+
+cdef extern from *:
+    """
+    /* Index of the first point > h, wrapping to 0. The bucket of h's top bits holds
+       fewer than 2 * top points, so counting the points <= h in a window of 2 * top - 1
+       from the bucket start finds it: points past the bucket are > h by construction,
+       and the 0xFFFFFFFF padding (or a real point equal to 0xFFFFFFFF) can only push
+       the index to npoints, which wraps. The halvings compile to conditional moves: a
+       plain binary search over hash values mispredicts about every other branch. */
+    static inline Py_ssize_t cr_upper(const uint32_t *points, const uint32_t *buckets,
+                                      int shift, Py_ssize_t top, Py_ssize_t npoints,
+                                      uint32_t h) {
+        /* Arithmetic on the comparison, not ?: -- GCC turns the latter into branches. */
+        Py_ssize_t i = buckets[(uint64_t)h >> shift], step;
+        for (step = top; step > 8; step >>= 1) i += (Py_ssize_t)(points[i + step - 1] <= h) * step;
+        i += (Py_ssize_t)(points[i + 7] <= h) << 3;
+        i += (Py_ssize_t)(points[i + 3] <= h) << 2;
+        i += (Py_ssize_t)(points[i + 1] <= h) << 1;
+        i += (Py_ssize_t)(points[i] <= h);
+        return i < npoints ? i : 0;
+    }
+    """
+    Py_ssize_t cr_upper(const uint32_t* points, const uint32_t* buckets, int shift,
+                        Py_ssize_t top, Py_ssize_t npoints, uint32_t h) noexcept nogil
 
 DEF MURMUR3 = 0
 DEF KETAMA = 1
@@ -54,14 +88,29 @@ cdef inline uint32_t _le32(const uint8_t* p) noexcept nogil:
             | (<uint32_t>p[3] << 24))
 
 
+cdef inline uint32_t _murmur3_k(uint32_t k) noexcept nogil:
+    return _rotl(k * 0xCC9E2D51U, 15) * 0x1B873593U
+
+
+cdef inline uint32_t _murmur3_h(uint32_t h, uint32_t k) noexcept nogil:
+    return _rotl(h ^ k, 13) * 5 + 0xE6546B64U
+
+
 cdef inline uint32_t _murmur3(const uint8_t* data, Py_ssize_t n, uint32_t seed) noexcept nogil:
     cdef uint32_t h = seed, k
-    cdef Py_ssize_t nblocks = n >> 2, i
-    for i in range(nblocks):
-        k = _le32(data + 4 * i)
-        k = _rotl(k * 0xCC9E2D51U, 15) * 0x1B873593U
-        h = _rotl(h ^ k, 13) * 5 + 0xE6546B64U
-    cdef const uint8_t* tail = data + 4 * nblocks
+    cdef Py_ssize_t i = 0
+    # Four blocks per pass: their k mixes are independent, so they overlap in the CPU,
+    # and the loop test runs once per 16 bytes.
+    while i + 16 <= n:
+        h = _murmur3_h(h, _murmur3_k(_le32(data + i)))
+        h = _murmur3_h(h, _murmur3_k(_le32(data + i + 4)))
+        h = _murmur3_h(h, _murmur3_k(_le32(data + i + 8)))
+        h = _murmur3_h(h, _murmur3_k(_le32(data + i + 12)))
+        i += 16
+    while i + 4 <= n:
+        h = _murmur3_h(h, _murmur3_k(_le32(data + i)))
+        i += 4
+    cdef const uint8_t* tail = data + i
     k = 0
     cdef int rest = n & 3
     if rest == 3:
@@ -70,7 +119,7 @@ cdef inline uint32_t _murmur3(const uint8_t* data, Py_ssize_t n, uint32_t seed) 
         k ^= (<uint32_t>tail[1]) << 8
     if rest >= 1:
         k ^= tail[0]
-        h ^= _rotl(k * 0xCC9E2D51U, 15) * 0x1B873593U
+        h ^= _murmur3_k(k)
     h ^= <uint32_t>n
     h ^= h >> 16
     h *= 0x85EBCA6BU
@@ -81,128 +130,130 @@ cdef inline uint32_t _murmur3(const uint8_t* data, Py_ssize_t n, uint32_t seed) 
 
 # ---- MD5 (RFC 1321), only what ketama needs --------------------------------------------
 
-cdef uint32_t _MD5_T[64]
-cdef int _MD5_S[64]
-cdef int _MD5_G[64]
+cdef extern from *:
+    """
+    /* MD5 (RFC 1321) compression, every step's constant, shift and message word fixed
+       at compile time: cr_md5_block for one message, cr_md5_x16 for ketama batches.
+       MD5 is a chain of 64 dependent steps, so one message at a time leaves most of the
+       CPU idle; cr_md5_x16 runs sixteen single-block messages as two chains of eight
+       lanes (GCC/Clang vector extensions: AVX2 when the CPU has it, else the compiler
+       splits each vector into SSE2/NEON halves). Its input m[16 * g + l] is word g of
+       lane l; its output is the first digest word of each lane. */
+    #include <string.h>
+    #define CR_ROTL(x, s) (((x) << (s)) | ((x) >> (32 - (s))))
+    #define CR_F(x, y, z) ((z) ^ ((x) & ((y) ^ (z))))
+    #define CR_G(x, y, z) ((y) ^ ((z) & ((x) ^ (y))))
+    #define CR_H(x, y, z) ((x) ^ (y) ^ (z))
+    #define CR_I(x, y, z) ((y) ^ ((x) | ~(z)))
+    #define CR_MD5_STEPS(S) \
+        S(CR_F, a, b, c, d, 0, 0xd76aa478u, 7) S(CR_F, d, a, b, c, 1, 0xe8c7b756u, 12) \
+        S(CR_F, c, d, a, b, 2, 0x242070dbu, 17) S(CR_F, b, c, d, a, 3, 0xc1bdceeeu, 22) \
+        S(CR_F, a, b, c, d, 4, 0xf57c0fafu, 7) S(CR_F, d, a, b, c, 5, 0x4787c62au, 12) \
+        S(CR_F, c, d, a, b, 6, 0xa8304613u, 17) S(CR_F, b, c, d, a, 7, 0xfd469501u, 22) \
+        S(CR_F, a, b, c, d, 8, 0x698098d8u, 7) S(CR_F, d, a, b, c, 9, 0x8b44f7afu, 12) \
+        S(CR_F, c, d, a, b, 10, 0xffff5bb1u, 17) S(CR_F, b, c, d, a, 11, 0x895cd7beu, 22) \
+        S(CR_F, a, b, c, d, 12, 0x6b901122u, 7) S(CR_F, d, a, b, c, 13, 0xfd987193u, 12) \
+        S(CR_F, c, d, a, b, 14, 0xa679438eu, 17) S(CR_F, b, c, d, a, 15, 0x49b40821u, 22) \
+        S(CR_G, a, b, c, d, 1, 0xf61e2562u, 5) S(CR_G, d, a, b, c, 6, 0xc040b340u, 9) \
+        S(CR_G, c, d, a, b, 11, 0x265e5a51u, 14) S(CR_G, b, c, d, a, 0, 0xe9b6c7aau, 20) \
+        S(CR_G, a, b, c, d, 5, 0xd62f105du, 5) S(CR_G, d, a, b, c, 10, 0x02441453u, 9) \
+        S(CR_G, c, d, a, b, 15, 0xd8a1e681u, 14) S(CR_G, b, c, d, a, 4, 0xe7d3fbc8u, 20) \
+        S(CR_G, a, b, c, d, 9, 0x21e1cde6u, 5) S(CR_G, d, a, b, c, 14, 0xc33707d6u, 9) \
+        S(CR_G, c, d, a, b, 3, 0xf4d50d87u, 14) S(CR_G, b, c, d, a, 8, 0x455a14edu, 20) \
+        S(CR_G, a, b, c, d, 13, 0xa9e3e905u, 5) S(CR_G, d, a, b, c, 2, 0xfcefa3f8u, 9) \
+        S(CR_G, c, d, a, b, 7, 0x676f02d9u, 14) S(CR_G, b, c, d, a, 12, 0x8d2a4c8au, 20) \
+        S(CR_H, a, b, c, d, 5, 0xfffa3942u, 4) S(CR_H, d, a, b, c, 8, 0x8771f681u, 11) \
+        S(CR_H, c, d, a, b, 11, 0x6d9d6122u, 16) S(CR_H, b, c, d, a, 14, 0xfde5380cu, 23) \
+        S(CR_H, a, b, c, d, 1, 0xa4beea44u, 4) S(CR_H, d, a, b, c, 4, 0x4bdecfa9u, 11) \
+        S(CR_H, c, d, a, b, 7, 0xf6bb4b60u, 16) S(CR_H, b, c, d, a, 10, 0xbebfbc70u, 23) \
+        S(CR_H, a, b, c, d, 13, 0x289b7ec6u, 4) S(CR_H, d, a, b, c, 0, 0xeaa127fau, 11) \
+        S(CR_H, c, d, a, b, 3, 0xd4ef3085u, 16) S(CR_H, b, c, d, a, 6, 0x04881d05u, 23) \
+        S(CR_H, a, b, c, d, 9, 0xd9d4d039u, 4) S(CR_H, d, a, b, c, 12, 0xe6db99e5u, 11) \
+        S(CR_H, c, d, a, b, 15, 0x1fa27cf8u, 16) S(CR_H, b, c, d, a, 2, 0xc4ac5665u, 23) \
+        S(CR_I, a, b, c, d, 0, 0xf4292244u, 6) S(CR_I, d, a, b, c, 7, 0x432aff97u, 10) \
+        S(CR_I, c, d, a, b, 14, 0xab9423a7u, 15) S(CR_I, b, c, d, a, 5, 0xfc93a039u, 21) \
+        S(CR_I, a, b, c, d, 12, 0x655b59c3u, 6) S(CR_I, d, a, b, c, 3, 0x8f0ccc92u, 10) \
+        S(CR_I, c, d, a, b, 10, 0xffeff47du, 15) S(CR_I, b, c, d, a, 1, 0x85845dd1u, 21) \
+        S(CR_I, a, b, c, d, 8, 0x6fa87e4fu, 6) S(CR_I, d, a, b, c, 15, 0xfe2ce6e0u, 10) \
+        S(CR_I, c, d, a, b, 6, 0xa3014314u, 15) S(CR_I, b, c, d, a, 13, 0x4e0811a1u, 21) \
+        S(CR_I, a, b, c, d, 4, 0xf7537e82u, 6) S(CR_I, d, a, b, c, 11, 0xbd3af235u, 10) \
+        S(CR_I, c, d, a, b, 2, 0x2ad7d2bbu, 15) S(CR_I, b, c, d, a, 9, 0xeb86d391u, 21)
+    #define CR_STEP_1(f, a, b, c, d, g, t, s) \
+        a += f(b, c, d) + m[g] + (t); a = b + CR_ROTL(a, s);
+    static void cr_md5_block(uint32_t *state, const uint32_t *m) {
+        uint32_t a = state[0], b = state[1], c = state[2], d = state[3];
+        CR_MD5_STEPS(CR_STEP_1)
+        state[0] += a;
+        state[1] += b;
+        state[2] += c;
+        state[3] += d;
+    }
+    #if defined(__GNUC__) || defined(__clang__)
+    typedef uint32_t cr_v8 __attribute__((vector_size(32)));
+    #define CR_STEP_V(f, a, b, c, d, g, t, s) {                                   \
+        cr_v8 x0_, x1_;                                                          \
+        memcpy(&x0_, m + 16 * (g), sizeof x0_);                                  \
+        memcpy(&x1_, m + 16 * (g) + 8, sizeof x1_);                              \
+        a##0 += f(b##0, c##0, d##0) + x0_ + (t); a##0 = b##0 + CR_ROTL(a##0, s); \
+        a##1 += f(b##1, c##1, d##1) + x1_ + (t); a##1 = b##1 + CR_ROTL(a##1, s); }
+    #define CR_MD5_X16(name, attr)                                              \
+    attr static void name(const uint32_t *m, uint32_t *out) {                   \
+        const cr_v8 A = {0x67452301u, 0x67452301u, 0x67452301u, 0x67452301u,    \
+                         0x67452301u, 0x67452301u, 0x67452301u, 0x67452301u};   \
+        cr_v8 a0 = A, a1 = A, b0, b1, c0, c1, d0, d1;                           \
+        b0 = b1 = A - A + 0xEFCDAB89u;                                          \
+        c0 = c1 = A - A + 0x98BADCFEu;                                          \
+        d0 = d1 = A - A + 0x10325476u;                                          \
+        CR_MD5_STEPS(CR_STEP_V)                                                 \
+        a0 += A;                                                                \
+        a1 += A;                                                                \
+        memcpy(out, &a0, sizeof a0);                                            \
+        memcpy(out + 8, &a1, sizeof a1);                                        \
+    }
+    CR_MD5_X16(cr_md5_x16_base, )
+    #if (defined(__x86_64__) || defined(__i386__)) && !defined(__AVX2__)
+    CR_MD5_X16(cr_md5_x16_avx2, __attribute__((target("avx2"))))
+    static void (*cr_md5_x16_impl)(const uint32_t *, uint32_t *) = cr_md5_x16_base;
+    static void cr_md5_x16_select(void) {
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("avx2")) cr_md5_x16_impl = cr_md5_x16_avx2;
+    }
+    static void cr_md5_x16(const uint32_t *m, uint32_t *out) { cr_md5_x16_impl(m, out); }
+    #else
+    static void cr_md5_x16_select(void) {}
+    static void cr_md5_x16(const uint32_t *m, uint32_t *out) { cr_md5_x16_base(m, out); }
+    #endif
+    #else
+    static void cr_md5_x16_select(void) {}
+    static void cr_md5_x16(const uint32_t *m, uint32_t *out) {
+        uint32_t w[16], state[4];
+        int l, g;
+        for (l = 0; l < 16; l++) {
+            for (g = 0; g < 16; g++) w[g] = m[16 * g + l];
+            state[0] = 0x67452301u;
+            state[1] = 0xEFCDAB89u;
+            state[2] = 0x98BADCFEu;
+            state[3] = 0x10325476u;
+            cr_md5_block(state, w);
+            out[l] = state[0];
+        }
+    }
+    #endif
+    """
+    void cr_md5_block(uint32_t* state, const uint32_t* m) noexcept nogil
+    void cr_md5_x16_select() noexcept nogil
+    void cr_md5_x16(const uint32_t* m, uint32_t* out) noexcept nogil
 
 
-cdef void _md5_init_tables() noexcept:
-    cdef int i
-    cdef int shifts[16]
-    shifts[:] = [7, 12, 17, 22, 5, 9, 14, 20, 4, 11, 16, 23, 6, 10, 15, 21]
-    for i in range(64):
-        # RFC 1321 defines T[i] as the integer part of 2**32 * |sin(i + 1)|.
-        _MD5_T[i] = <uint32_t>(fabs(sin(i + 1)) * 4294967296.0)
-        _MD5_S[i] = shifts[(i // 16) * 4 + (i & 3)]
-        if i < 16:
-            _MD5_G[i] = i
-        elif i < 32:
-            _MD5_G[i] = (5 * i + 1) & 15
-        elif i < 48:
-            _MD5_G[i] = (3 * i + 5) & 15
-        else:
-            _MD5_G[i] = (7 * i) & 15
-
-
-_md5_init_tables()
-
-
-cdef inline uint32_t _md5_F(uint32_t a, uint32_t b, uint32_t c, uint32_t d, uint32_t mt,
-                            int s) noexcept nogil:
-    return b + _rotl(a + ((b & c) | (~b & d)) + mt, s)
-
-
-cdef inline uint32_t _md5_G(uint32_t a, uint32_t b, uint32_t c, uint32_t d, uint32_t mt,
-                            int s) noexcept nogil:
-    return b + _rotl(a + ((b & d) | (c & ~d)) + mt, s)
-
-
-cdef inline uint32_t _md5_H(uint32_t a, uint32_t b, uint32_t c, uint32_t d, uint32_t mt,
-                            int s) noexcept nogil:
-    return b + _rotl(a + (b ^ c ^ d) + mt, s)
-
-
-cdef inline uint32_t _md5_I(uint32_t a, uint32_t b, uint32_t c, uint32_t d, uint32_t mt,
-                            int s) noexcept nogil:
-    return b + _rotl(a + (c ^ (b | ~d)) + mt, s)
+cr_md5_x16_select()
 
 
 cdef inline void _md5_block(uint32_t* state, const uint8_t* block) noexcept nogil:
-    # Fully unrolled (message index and shift fixed per step): about twice as fast as a
-    # loop that picks the round function and shift at run time.
     cdef uint32_t m[16]
-    cdef uint32_t a = state[0], b = state[1], c = state[2], d = state[3]
     cdef int i
     for i in range(16):
         m[i] = _le32(block + 4 * i)
-    a = _md5_F(a, b, c, d, m[0] + _MD5_T[0], 7)
-    d = _md5_F(d, a, b, c, m[1] + _MD5_T[1], 12)
-    c = _md5_F(c, d, a, b, m[2] + _MD5_T[2], 17)
-    b = _md5_F(b, c, d, a, m[3] + _MD5_T[3], 22)
-    a = _md5_F(a, b, c, d, m[4] + _MD5_T[4], 7)
-    d = _md5_F(d, a, b, c, m[5] + _MD5_T[5], 12)
-    c = _md5_F(c, d, a, b, m[6] + _MD5_T[6], 17)
-    b = _md5_F(b, c, d, a, m[7] + _MD5_T[7], 22)
-    a = _md5_F(a, b, c, d, m[8] + _MD5_T[8], 7)
-    d = _md5_F(d, a, b, c, m[9] + _MD5_T[9], 12)
-    c = _md5_F(c, d, a, b, m[10] + _MD5_T[10], 17)
-    b = _md5_F(b, c, d, a, m[11] + _MD5_T[11], 22)
-    a = _md5_F(a, b, c, d, m[12] + _MD5_T[12], 7)
-    d = _md5_F(d, a, b, c, m[13] + _MD5_T[13], 12)
-    c = _md5_F(c, d, a, b, m[14] + _MD5_T[14], 17)
-    b = _md5_F(b, c, d, a, m[15] + _MD5_T[15], 22)
-    a = _md5_G(a, b, c, d, m[1] + _MD5_T[16], 5)
-    d = _md5_G(d, a, b, c, m[6] + _MD5_T[17], 9)
-    c = _md5_G(c, d, a, b, m[11] + _MD5_T[18], 14)
-    b = _md5_G(b, c, d, a, m[0] + _MD5_T[19], 20)
-    a = _md5_G(a, b, c, d, m[5] + _MD5_T[20], 5)
-    d = _md5_G(d, a, b, c, m[10] + _MD5_T[21], 9)
-    c = _md5_G(c, d, a, b, m[15] + _MD5_T[22], 14)
-    b = _md5_G(b, c, d, a, m[4] + _MD5_T[23], 20)
-    a = _md5_G(a, b, c, d, m[9] + _MD5_T[24], 5)
-    d = _md5_G(d, a, b, c, m[14] + _MD5_T[25], 9)
-    c = _md5_G(c, d, a, b, m[3] + _MD5_T[26], 14)
-    b = _md5_G(b, c, d, a, m[8] + _MD5_T[27], 20)
-    a = _md5_G(a, b, c, d, m[13] + _MD5_T[28], 5)
-    d = _md5_G(d, a, b, c, m[2] + _MD5_T[29], 9)
-    c = _md5_G(c, d, a, b, m[7] + _MD5_T[30], 14)
-    b = _md5_G(b, c, d, a, m[12] + _MD5_T[31], 20)
-    a = _md5_H(a, b, c, d, m[5] + _MD5_T[32], 4)
-    d = _md5_H(d, a, b, c, m[8] + _MD5_T[33], 11)
-    c = _md5_H(c, d, a, b, m[11] + _MD5_T[34], 16)
-    b = _md5_H(b, c, d, a, m[14] + _MD5_T[35], 23)
-    a = _md5_H(a, b, c, d, m[1] + _MD5_T[36], 4)
-    d = _md5_H(d, a, b, c, m[4] + _MD5_T[37], 11)
-    c = _md5_H(c, d, a, b, m[7] + _MD5_T[38], 16)
-    b = _md5_H(b, c, d, a, m[10] + _MD5_T[39], 23)
-    a = _md5_H(a, b, c, d, m[13] + _MD5_T[40], 4)
-    d = _md5_H(d, a, b, c, m[0] + _MD5_T[41], 11)
-    c = _md5_H(c, d, a, b, m[3] + _MD5_T[42], 16)
-    b = _md5_H(b, c, d, a, m[6] + _MD5_T[43], 23)
-    a = _md5_H(a, b, c, d, m[9] + _MD5_T[44], 4)
-    d = _md5_H(d, a, b, c, m[12] + _MD5_T[45], 11)
-    c = _md5_H(c, d, a, b, m[15] + _MD5_T[46], 16)
-    b = _md5_H(b, c, d, a, m[2] + _MD5_T[47], 23)
-    a = _md5_I(a, b, c, d, m[0] + _MD5_T[48], 6)
-    d = _md5_I(d, a, b, c, m[7] + _MD5_T[49], 10)
-    c = _md5_I(c, d, a, b, m[14] + _MD5_T[50], 15)
-    b = _md5_I(b, c, d, a, m[5] + _MD5_T[51], 21)
-    a = _md5_I(a, b, c, d, m[12] + _MD5_T[52], 6)
-    d = _md5_I(d, a, b, c, m[3] + _MD5_T[53], 10)
-    c = _md5_I(c, d, a, b, m[10] + _MD5_T[54], 15)
-    b = _md5_I(b, c, d, a, m[1] + _MD5_T[55], 21)
-    a = _md5_I(a, b, c, d, m[8] + _MD5_T[56], 6)
-    d = _md5_I(d, a, b, c, m[15] + _MD5_T[57], 10)
-    c = _md5_I(c, d, a, b, m[6] + _MD5_T[58], 15)
-    b = _md5_I(b, c, d, a, m[13] + _MD5_T[59], 21)
-    a = _md5_I(a, b, c, d, m[4] + _MD5_T[60], 6)
-    d = _md5_I(d, a, b, c, m[11] + _MD5_T[61], 10)
-    c = _md5_I(c, d, a, b, m[2] + _MD5_T[62], 15)
-    b = _md5_I(b, c, d, a, m[9] + _MD5_T[63], 21)
-    state[0] += a
-    state[1] += b
-    state[2] += c
-    state[3] += d
+    cr_md5_block(state, m)
 
 
 cdef void _md5(const uint8_t* data, Py_ssize_t n, uint32_t* out) noexcept nogil:
@@ -228,84 +279,38 @@ cdef void _md5(const uint8_t* data, Py_ssize_t n, uint32_t* out) noexcept nogil:
         _md5_block(out, last + 64)
 
 
-cdef extern from *:
-    """
-    /* Eight MD5 compressions side by side: two chains of four SIMD lanes with GCC/Clang
-       vector extensions (SSE2/NEON), a plain lane loop elsewhere. MD5 is a serial chain
-       of 64 dependent steps, so one message at a time leaves most of the CPU idle. */
-    #include <string.h>
-    #if defined(__GNUC__) || defined(__clang__)
-    typedef uint32_t cr_md5_v4 __attribute__((vector_size(16)));
-    #define CR_MD5_ROUND(a, b, c, d, w)                              \
-        if (i < 16) f = (b & c) | (~b & d);                            \
-        else if (i < 32) f = (b & d) | (c & ~d);                       \
-        else if (i < 48) f = b ^ c ^ d;                                \
-        else f = c ^ (b | ~d);                                         \
-        t = a + f + T[i] + w;                                          \
-        t = (t << S[i]) | (t >> (32 - S[i]));                          \
-        a = d; d = c; c = b; b = b + t;
-    static void cr_md5_x8(const uint32_t *m, const uint32_t *T, const int *S,
-                          const int *G, uint32_t *out) {
-        const cr_md5_v4 A = {0x67452301u, 0x67452301u, 0x67452301u, 0x67452301u};
-        const cr_md5_v4 B = {0xEFCDAB89u, 0xEFCDAB89u, 0xEFCDAB89u, 0xEFCDAB89u};
-        const cr_md5_v4 C = {0x98BADCFEu, 0x98BADCFEu, 0x98BADCFEu, 0x98BADCFEu};
-        const cr_md5_v4 D = {0x10325476u, 0x10325476u, 0x10325476u, 0x10325476u};
-        cr_md5_v4 a0 = A, b0 = B, c0 = C, d0 = D, a1 = A, b1 = B, c1 = C, d1 = D;
-        cr_md5_v4 f, t, w0, w1;
-        int i;
-        for (i = 0; i < 64; i++) {
-            memcpy(&w0, m + 8 * G[i], sizeof w0);
-            memcpy(&w1, m + 8 * G[i] + 4, sizeof w1);
-            CR_MD5_ROUND(a0, b0, c0, d0, w0)
-            CR_MD5_ROUND(a1, b1, c1, d1, w1)
-        }
-        a0 += A;
-        a1 += A;
-        memcpy(out, &a0, sizeof a0);
-        memcpy(out + 4, &a1, sizeof a1);
-    }
-    #else
-    static void cr_md5_x8(const uint32_t *m, const uint32_t *T, const int *S,
-                          const int *G, uint32_t *out) {
-        int l, i;
-        for (l = 0; l < 8; l++) {
-            uint32_t a = 0x67452301u, b = 0xEFCDAB89u, c = 0x98BADCFEu, d = 0x10325476u;
-            uint32_t f, t;
-            for (i = 0; i < 64; i++) {
-                if (i < 16) f = (b & c) | (~b & d);
-                else if (i < 32) f = (b & d) | (c & ~d);
-                else if (i < 48) f = b ^ c ^ d;
-                else f = c ^ (b | ~d);
-                t = a + f + T[i] + m[8 * G[i] + l];
-                t = (t << S[i]) | (t >> (32 - S[i]));
-                a = d; d = c; c = b; b = b + t;
-            }
-            out[l] = a + 0x67452301u;
-        }
-    }
-    #endif
-    """
-    void cr_md5_x8(const uint32_t* m, const uint32_t* T, const int* S, const int* G,
-                   uint32_t* out) noexcept nogil
 
 
-cdef void _md5_word0_x8(const uint8_t** data, const Py_ssize_t* lens,
-                       uint32_t* out) noexcept nogil:
-    """First digest word of eight single-block messages (each shorter than 56 bytes)."""
-    cdef uint8_t block[64]
-    cdef uint32_t m[128]  # lane-interleaved: word g of lane l at m[8 * g + l]
-    cdef uint32_t bits
-    cdef int l, g
-    for l in range(8):
-        memset(block, 0, 64)
-        memcpy(block, data[l], lens[l])
-        block[lens[l]] = 0x80
-        bits = <uint32_t>(lens[l] << 3)
-        block[56] = <uint8_t>bits
-        block[57] = <uint8_t>(bits >> 8)
-        for g in range(16):
-            m[g * 8 + l] = _le32(block + 4 * g)
-    cr_md5_x8(m, _MD5_T, _MD5_S, _MD5_G, out)
+cdef void _md5_word0_x16(const uint8_t** data, const Py_ssize_t* lens, int count,
+                         uint32_t* out) noexcept nogil:
+    """First digest word of ``count`` (at most 16) messages, each shorter than 56 bytes."""
+    cdef uint32_t m[256]  # lane-interleaved: word g of lane l at m[16 * g + l]
+    cdef uint32_t res[16]
+    cdef const uint8_t* p
+    cdef Py_ssize_t n, words, g
+    cdef uint32_t tail
+    cdef int l, r
+    memset(m, 0, sizeof(m))
+    for l in range(count, 16):
+        m[l] = 0x80  # unused lanes hash the empty message
+    for l in range(count):
+        p, n = data[l], lens[l]
+        words = n >> 2
+        for g in range(words):
+            m[16 * g + l] = _le32(p + 4 * g)
+        # The message's last bytes, then the 0x80 end marker, little-endian.
+        tail = 0
+        r = n & 3
+        if r == 3:
+            tail = (<uint32_t>p[4 * words + 2]) << 16
+        if r >= 2:
+            tail |= (<uint32_t>p[4 * words + 1]) << 8
+        if r >= 1:
+            tail |= p[4 * words]
+        m[16 * words + l] = tail | ((<uint32_t>0x80) << (8 * r))
+        m[16 * 14 + l] = <uint32_t>(n << 3)
+    cr_md5_x16(m, res)
+    memcpy(out, res, count * sizeof(uint32_t))
 
 
 # ---- keys ---------------------------------------------------------------------------
@@ -345,7 +350,7 @@ cdef inline uint32_t _hash_key(int mode, uint32_t seed, object key) except? 0xFF
     cdef const char* buf
     if PyUnicode_Check(key):
         if PyUnicode_IS_COMPACT_ASCII(key):  # ASCII is its own UTF-8: skip the call
-            return _hash_bytes(mode, seed, <const uint8_t*>PyUnicode_DATA(key),
+            return _hash_bytes(mode, seed, <const uint8_t*>cr_ascii_data(<PyObject*>key),
                                PyUnicode_GET_LENGTH(key))
         buf = PyUnicode_AsUTF8AndSize(key, &n)
         return _hash_bytes(mode, seed, <const uint8_t*>buf, n)
@@ -355,15 +360,16 @@ cdef inline uint32_t _hash_key(int mode, uint32_t seed, object key) except? 0xFF
     return _hash_other(mode, seed, key)
 
 
-cdef int _gather8(PyObject** items, const uint8_t** ptrs, Py_ssize_t* lens) except -1:
-    """Point at eight str/bytes keys that fit one MD5 block; 0 if any does not."""
-    cdef int j
+cdef int _gather16(PyObject** items, Py_ssize_t avail, const uint8_t** ptrs,
+                  Py_ssize_t* lens) except -1:
+    """Point at up to 16 leading str/bytes keys that fit one MD5 block; return how many."""
+    cdef Py_ssize_t j, last = avail if avail < 16 else 16
     cdef PyObject* key
-    for j in range(8):
+    for j in range(last):
         key = items[j]
         if PyUnicode_Check(<object>key):
             if PyUnicode_IS_COMPACT_ASCII(<object>key):
-                ptrs[j] = <const uint8_t*>PyUnicode_DATA(<object>key)
+                ptrs[j] = <const uint8_t*>cr_ascii_data(key)
                 lens[j] = PyUnicode_GET_LENGTH(<object>key)
             else:
                 ptrs[j] = <const uint8_t*>PyUnicode_AsUTF8AndSize(<object>key, &lens[j])
@@ -371,10 +377,20 @@ cdef int _gather8(PyObject** items, const uint8_t** ptrs, Py_ssize_t* lens) exce
             ptrs[j] = <const uint8_t*>PyBytes_AS_STRING(<object>key)
             lens[j] = PyBytes_GET_SIZE(<object>key)
         else:
-            return 0
+            return <int>j
         if lens[j] >= 56:
-            return 0
-    return 1
+            return <int>j
+    return <int>last
+
+
+cdef bint _plain_keys(list keys) noexcept:
+    """True if every key is a str or bytes (hashing them runs no Python code)."""
+    cdef Py_ssize_t i
+    cdef PyObject** items = PySequence_Fast_ITEMS(keys)
+    for i in range(PySequence_Fast_GET_SIZE(keys)):
+        if not (PyUnicode_Check(<object>items[i]) or PyBytes_Check(<object>items[i])):
+            return False
+    return True
 
 
 def murmur3_32(data, seed=0):
@@ -476,10 +492,13 @@ cdef class Ring:
     cdef uint32_t* _buckets
     cdef Py_ssize_t _npoints
     cdef int _shift
+    cdef int _steps
+    cdef Py_ssize_t _top
     cdef int _mode
     cdef uint32_t _seed
     cdef int _reachable
     cdef tuple _names
+    cdef bint _exact_names
     cdef dict _weights
     cdef int _vnodes
     cdef str _hash
@@ -502,6 +521,7 @@ cdef class Ring:
         counts = _point_counts(weights, vnodes, hash)
         self._weights = weights
         self._names = tuple(weights)
+        self._exact_names = all(type(name) is str for name in self._names)
         self._vnodes = vnodes
         self._hash = hash
         self._seed = seed
@@ -575,9 +595,12 @@ cdef class Ring:
 
     cdef int _build_buckets(self) except -1:
         cdef int bits = 0
-        cdef Py_ssize_t nb, b, i = 0
+        cdef Py_ssize_t nb, b, i = 0, widest = 0, pad
         cdef uint64_t start
-        while (<Py_ssize_t>1 << (bits + 1)) * 4 <= self._npoints and bits < 24:
+        cdef uint32_t* grown
+        # At most one index entry per two points: with 4-byte points and 2-byte owners
+        # that keeps the ring within 8 bytes per point, and buckets average 2-4 points.
+        while (<Py_ssize_t>1 << (bits + 1)) * 2 <= self._npoints and bits < 24:
             bits += 1
         nb = <Py_ssize_t>1 << bits
         self._shift = 32 - bits
@@ -591,20 +614,27 @@ cdef class Ring:
                 i += 1
             self._buckets[b] = <uint32_t>i
         self._buckets[nb] = <uint32_t>self._npoints
+        for b in range(nb):
+            widest = max(widest, self._buckets[b + 1] - self._buckets[b])
+        # cr_upper probes a window of 2**steps - 1 points from the bucket start, so it
+        # needs no data-dependent branch; the padding keeps the last window in bounds.
+        self._steps = 4  # cr_upper always takes the last four halvings
+        while (<Py_ssize_t>1 << self._steps) <= widest:
+            self._steps += 1
+        self._top = (<Py_ssize_t>1 << self._steps) >> 1
+        pad = (<Py_ssize_t>1 << self._steps) - 1
+        grown = <uint32_t*>realloc(self._points, (self._npoints + pad + 1) * sizeof(uint32_t))
+        if grown == NULL:
+            raise MemoryError()
+        self._points = grown
+        for i in range(self._npoints, self._npoints + pad + 1):
+            self._points[i] = 0xFFFFFFFFU
         return 0
 
     # -- lookups ---------------------------------------------------------------------
 
     cdef inline Py_ssize_t _find(self, uint32_t h) noexcept nogil:
-        cdef uint64_t b = (<uint64_t>h) >> self._shift
-        cdef Py_ssize_t lo = self._buckets[b], hi = self._buckets[b + 1], mid
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if self._points[mid] <= h:
-                lo = mid + 1
-            else:
-                hi = mid
-        return 0 if lo == self._npoints else lo
+        return cr_upper(self._points, self._buckets, self._shift, self._top, self._npoints, h)
 
     cdef inline Py_ssize_t _owner_of(self, object key) except -1:
         return self._owners[self._find(_hash_key(self._mode, self._seed, key))]
@@ -619,23 +649,40 @@ cdef class Ring:
         self._check_nonempty()
         return self._names[self._owner_of(key)]
 
-    cdef int _hash_batch(self, object seq, uint32_t* out) except -1:
-        """Hash every key of a list or tuple into ``out``."""
-        cdef Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), i = 0
+    cdef int _hash_batch(self, object seq, uint32_t* out, Py_ssize_t i, Py_ssize_t stop,
+                         bint plain_only=False) except -1:
+        """Hash keys ``i`` to ``stop`` of a list or tuple into the same slots of ``out``.
+
+        With ``plain_only``, stop and return 1 at the first key that is neither str nor
+        bytes (hashing it might run Python code); else return 0.
+        """
+        cdef Py_ssize_t n = PySequence_Fast_GET_SIZE(seq)
         cdef PyObject** items = PySequence_Fast_ITEMS(seq)
         cdef PyObject* key
-        cdef const uint8_t* ptrs[8]
-        cdef Py_ssize_t lens[8]
-        cdef int mode = self._mode
+        cdef const uint8_t* ptrs[16]
+        cdef Py_ssize_t lens[16]
+        cdef int mode = self._mode, count
         cdef uint32_t seed = self._seed
-        while i < n:
-            if mode == KETAMA and i + 8 <= n and _gather8(items + i, ptrs, lens):
-                _md5_word0_x8(ptrs, lens, out + i)
-                i += 8
-                continue
+        while i < stop:
             key = items[i]
+            if mode == MURMUR3:
+                # Most keys are ASCII str: hash them in place with no call at all.
+                if PyUnicode_Check(<object>key) and PyUnicode_IS_COMPACT_ASCII(<object>key):
+                    out[i] = _murmur3(<const uint8_t*>cr_ascii_data(key),
+                                      PyUnicode_GET_LENGTH(<object>key), seed)
+                    i += 1
+                    continue
+            else:
+                # Four or more short keys in a row go through the 16-lane MD5.
+                count = _gather16(items + i, stop - i, ptrs, lens)
+                if count >= 4:
+                    _md5_word0_x16(ptrs, lens, count, out + i)
+                    i += count
+                    continue
             if PyUnicode_Check(<object>key) or PyBytes_Check(<object>key):
                 out[i] = _hash_key(mode, seed, <object>key)
+            elif plain_only:
+                return 1
             else:
                 # The buffer protocol may run Python code that resizes a list.
                 out[i] = _hash_other(mode, seed, <object>key)
@@ -645,6 +692,25 @@ cdef class Ring:
             i += 1
         return 0
 
+    cdef void _owner_indices(self, uint32_t* hashes, Py_ssize_t n) noexcept nogil:
+        """Replace each hash by the index of its owner (fields in locals: no reloads)."""
+        cdef const uint32_t* points = self._points
+        cdef const uint32_t* buckets = self._buckets
+        cdef const uint16_t* owners = self._owners
+        cdef int shift = self._shift
+        cdef Py_ssize_t top = self._top, npoints = self._npoints, i
+        for i in range(n):
+            hashes[i] = owners[cr_upper(points, buckets, shift, top, npoints, hashes[i])]
+
+    cdef void _point_indices(self, uint32_t* hashes, Py_ssize_t n) noexcept nogil:
+        """Replace each hash by the index of the first point clockwise of it."""
+        cdef const uint32_t* points = self._points
+        cdef const uint32_t* buckets = self._buckets
+        cdef int shift = self._shift
+        cdef Py_ssize_t top = self._top, npoints = self._npoints, i
+        for i in range(n):
+            hashes[i] = <uint32_t>cr_upper(points, buckets, shift, top, npoints, hashes[i])
+
     def lookup_many(self, keys):
         """The owner of every key, in order."""
         self._check_nonempty()
@@ -652,19 +718,23 @@ cdef class Ring:
             keys = list(keys)
         seq = PySequence_Fast(keys, "keys must be iterable")
         cdef Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), i
-        cdef uint32_t* hashes = <uint32_t*>malloc((n if n else 1) * sizeof(uint32_t))
+        cdef uint32_t* owner_of = <uint32_t*>malloc((n if n else 1) * sizeof(uint32_t))
+        cdef PyObject** names = PySequence_Fast_ITEMS(self._names)
+        cdef PyObject** slots
         cdef PyObject* name
-        if hashes == NULL:
+        if owner_of == NULL:
             raise MemoryError()
         try:
-            self._hash_batch(seq, hashes)
+            self._hash_batch(seq, owner_of, 0, n)
+            self._owner_indices(owner_of, n)
             result = PyList_New(n)
+            slots = PySequence_Fast_ITEMS(result)
             for i in range(n):
-                name = PyTuple_GET_ITEM(self._names, self._owners[self._find(hashes[i])])
+                name = names[owner_of[i]]
                 Py_INCREF(<object>name)
-                PyList_SET_ITEM(result, i, <object>name)
+                slots[i] = name
         finally:
-            free(hashes)
+            free(owner_of)
         return result
 
     cdef tuple _walk(self, Py_ssize_t start, Py_ssize_t n, uint32_t* stamp, uint32_t mark):
@@ -682,6 +752,10 @@ cdef class Ring:
             i += 1
             if i == self._npoints:
                 i = 0
+        if self._exact_names:
+            # A tuple of exact str can never be part of a cycle. CPython's collector
+            # untracks such tuples itself, but only after traversing them at least once.
+            PyObject_GC_UnTrack(<PyObject*>out)
         return out
 
     def preference_list(self, key, n):
@@ -693,23 +767,58 @@ cdef class Ring:
 
     def preference_lists(self, keys, n):
         """``preference_list(key, n)`` for every key, in order."""
-        cdef Py_ssize_t count = _check_n(n), i, total
+        cdef Py_ssize_t count = _check_n(n), i, j, total, done = 0
         self._check_nonempty()
-        keys = tuple(keys)
-        total = len(keys)
-        cdef uint32_t* stamp = <uint32_t*>malloc(len(self._names) * sizeof(uint32_t))
-        if stamp == NULL:
-            raise MemoryError()
-        memset(stamp, 0, len(self._names) * sizeof(uint32_t))
-        result = PyList_New(total)
-        try:
-            for i in range(total):
-                walked = self._walk(self._find(_hash_key(self._mode, self._seed, keys[i])),
-                                    count, stamp, <uint32_t>(i + 1))
-                Py_INCREF(walked)
-                PyList_SET_ITEM(result, i, walked)
-        finally:
+        if type(keys) is not tuple and (type(keys) is not list or not _plain_keys(keys)):
+            keys = tuple(keys)
+        total = PySequence_Fast_GET_SIZE(keys)
+        cdef Py_ssize_t nn = len(self._names), npoints = self._npoints
+        cdef uint32_t mark = 0
+        cdef uint32_t* start = <uint32_t*>malloc((total if total else 1) * sizeof(uint32_t))
+        cdef uint32_t* stamp = <uint32_t*>calloc(nn, sizeof(uint32_t))
+        # Each key's list depends only on the point it lands on: in a batch that covers a
+        # good share of the points, build each distinct list once and share the tuple.
+        cdef PyObject** walks = <PyObject**>malloc((total if total else 1) * sizeof(PyObject*))
+        cdef PyObject** seen = NULL
+        cdef PyObject* walked
+        if total * 8 >= npoints:
+            seen = <PyObject**>calloc(npoints, sizeof(PyObject*))
+        if start == NULL or stamp == NULL or walks == NULL or (total * 8 >= npoints
+                                                               and seen == NULL):
+            free(start)
             free(stamp)
+            free(walks)
+            free(seen)
+            raise MemoryError()
+        try:
+            self._hash_batch(keys, start, 0, total)
+            self._point_indices(start, total)
+            # The list is created last, so the collector runs that the new tuples
+            # trigger never traverse a large young result list.
+            while done < total:
+                j = start[done]
+                if seen != NULL and seen[j] != NULL:
+                    walked = seen[j]
+                    Py_INCREF(<object>walked)
+                else:
+                    mark += 1
+                    tup = self._walk(j, count, stamp, mark)
+                    walked = <PyObject*>tup
+                    Py_INCREF(<object>walked)
+                    if seen != NULL:
+                        seen[j] = walked
+                walks[done] = walked
+                done += 1
+            result = PyList_New(total)
+            memcpy(PySequence_Fast_ITEMS(result), walks, total * sizeof(PyObject*))
+            done = 0  # the list owns the references now
+        finally:
+            for i in range(done):
+                Py_XDECREF(walks[i])
+            free(start)
+            free(stamp)
+            free(walks)
+            free(seen)
         return result
 
     def group_by_node(self, keys):
@@ -718,40 +827,58 @@ cdef class Ring:
         Only nodes that own at least one key appear, in the ring's node order.
         """
         self._check_nonempty()
-        # A tuple snapshot: key hashing may run Python code (buffer protocol).
-        if type(keys) is not tuple:
+        if type(keys) is not tuple and type(keys) is not list:
             keys = tuple(keys)
-        cdef tuple snapshot = keys
-        cdef Py_ssize_t n = len(snapshot), i, nn = len(self._names)
+        cdef Py_ssize_t n = PySequence_Fast_GET_SIZE(keys), i = 0, j, stop, reffed = 0
+        cdef Py_ssize_t nn = len(self._names)
         cdef uint32_t* owner_of = <uint32_t*>malloc((n if n else 1) * sizeof(uint32_t))
-        cdef Py_ssize_t* fill = <Py_ssize_t*>malloc(nn * sizeof(Py_ssize_t))
-        cdef PyObject* key
+        cdef Py_ssize_t* fill = <Py_ssize_t*>calloc(nn, sizeof(Py_ssize_t))
+        cdef PyObject*** slots = <PyObject***>malloc(nn * sizeof(PyObject**))
+        cdef PyObject** items = PySequence_Fast_ITEMS(keys)
         cdef uint32_t o
-        if owner_of == NULL or fill == NULL:
+        if owner_of == NULL or fill == NULL or slots == NULL:
             free(owner_of)
             free(fill)
+            free(slots)
             raise MemoryError()
         try:
-            self._hash_batch(snapshot, owner_of)
-            memset(fill, 0, nn * sizeof(Py_ssize_t))
+            # Take each key's reference right after hashing a chunk, while the key objects
+            # are still in cache; the grouping pass then only moves pointers.
+            while i < n:
+                stop = min(i + 512, n)
+                if self._hash_batch(keys, owner_of, i, stop, type(keys) is list):
+                    # Hashing this key may run code that changes the list's items:
+                    # start again on a tuple snapshot (nothing ran yet).
+                    for j in range(reffed):
+                        Py_XDECREF(items[j])
+                    keys = tuple(keys)
+                    items = PySequence_Fast_ITEMS(keys)
+                    i = reffed = 0
+                    continue
+                for j in range(i, stop):
+                    Py_INCREF(<object>items[j])
+                reffed = i = stop
+            self._owner_indices(owner_of, n)
             for i in range(n):
-                o = self._owners[self._find(owner_of[i])]
-                owner_of[i] = o
-                fill[o] += 1
+                fill[owner_of[i]] += 1
             groups = [None] * nn
             for i in range(nn):
                 if fill[i]:
-                    groups[i] = PyList_New(fill[i])
-                    fill[i] = 0
+                    group = PyList_New(fill[i])
+                    groups[i] = group
+                    slots[i] = PySequence_Fast_ITEMS(group)
+            # Nothing below can fail or run Python code; the lists take the references.
             for i in range(n):
                 o = owner_of[i]
-                key = PyTuple_GET_ITEM(snapshot, i)
-                Py_INCREF(<object>key)
-                PyList_SET_ITEM(groups[o], fill[o], <object>key)
-                fill[o] += 1
+                slots[o][0] = items[i]
+                slots[o] += 1
+            reffed = 0
         finally:
+            for i in range(reffed):
+                Py_XDECREF(items[i])
             free(owner_of)
             free(fill)
+            free(slots)
         return {self._names[i]: groups[i] for i in range(nn) if groups[i] is not None}
 
     # -- derived rings ---------------------------------------------------------------
@@ -813,7 +940,8 @@ cdef class Ring:
     @property
     def _nbytes(self):
         """Bytes held by the point, owner and bucket arrays."""
-        return self._npoints * 6 + ((<Py_ssize_t>1 << (32 - self._shift)) + 1) * 4
+        return (self._npoints * 6 + ((<Py_ssize_t>1 << (32 - self._shift)) + 1) * 4
+                + (<Py_ssize_t>1 << self._steps) * 4)
 
     def ownership(self):
         """Each node's fraction of the 2**32 hash space (they sum to 1 unless empty)."""
