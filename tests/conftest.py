@@ -60,7 +60,14 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 
 # Modules whose tests need no server; everything else starts real redis-server processes
 # and is marked ``redis`` so wheel builds (cibuildwheel) can run the pure part alone.
-_PURE_MODULES = ("test_ring", "test_messages", "test_topology", "test_values", "test_config")
+_PURE_MODULES = (
+    "test_ring",
+    "test_messages",
+    "test_topology",
+    "test_values",
+    "test_config",
+    "test_events",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

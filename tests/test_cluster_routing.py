@@ -52,7 +52,9 @@ def test_suspect_primary_is_replaced_by_the_next_node_and_reported_missed() -> N
         else:
             assert (targets, missed) == (full[:2], ())
         order = router.read_order(key)
-        if "n0" in full:
+        # reads stay on the home copies (a stand-in may hold an old copy), suspects last
+        assert set(order) == set(full[:2])
+        if "n0" in full[:2]:
             assert order[-1] == "n0"
     clock.now = 1.5  # back-off over
     assert router.suspects() == frozenset()
@@ -78,7 +80,7 @@ def test_every_node_suspect_still_routes_somewhere() -> None:
         targets, missed = router.write_plan(key)
         assert targets == router.preference_list(key)
         assert missed == ()
-        assert len(router.read_order(key)) == 4
+        assert router.read_order(key) == router.preference_list(key)
 
 
 def test_swap_is_atomic_and_changes_routing() -> None:

@@ -14,10 +14,13 @@ version and go through one apply-if-newer Lua script on every copy (see
 :mod:`cachering.values` and :mod:`cachering.data_scripts`); reads try the copies in
 order and fall back on a connection error or timeout within the same call.
 
-Hooks for the failover layer: ``cluster._pools`` (node id -> Pool), ``cluster.router``
-(:class:`~cachering.routing.Router`: ``swap``/``set_topology``/``mark_suspect``/
-``clear_suspect``) and ``await cluster._start_service(service.run)`` to run another
-service in the cluster's task group.
+The failover layer (:class:`~cachering.control.ControlPlane`: health, election, topology,
+repair) runs in the cluster's task group unless ``config.control_plane`` is False. It
+routes by the committed topology: every node stays on the ring whatever its state (so
+its keys do not move while it is away); ``down`` nodes take no writes (the next node
+stands in and records a hint), ``recovering``/``joining`` nodes and nodes with hints not
+replayed yet serve no reads, and nodes this manager's heartbeats fail on are routed
+around at once, before the leader has said anything.
 """
 
 from __future__ import annotations
@@ -36,8 +39,10 @@ from anyio.abc import TaskGroup
 
 from . import values
 from .config import ClusterConfig, Consistency
+from .control import ControlPlane
 from .data_scripts import APPLY_SOURCE, HintGroup, apply_args, hint_keys
 from .errors import ConsistencyError, NodeUnavailable, ResponseError
+from .events import EventBus, Subscription
 from .messages import Keyring, MessageCodec
 from .nearcache import (
     InvalidationCodec,
@@ -46,10 +51,12 @@ from .nearcache import (
     NearCache,
     NearCacheStats,
 )
+from .node import NodeSpec
 from .resp import Pool, PubSub, Script
 from .ring import Ring
 from .routing import Router
 from .sync import Entry, Synchronizer
+from .topology import Topology
 
 __all__ = ["Cluster"]
 
@@ -136,6 +143,10 @@ class Cluster:
         self._ops: dict[str, int] = defaultdict(int)
         self._errors: dict[str, int] = defaultdict(int)
         self._counts: dict[str, int] = defaultdict(int)
+        self._bus = EventBus()
+        self.control: ControlPlane | None = None
+        """The failover layer (None when ``config.control_plane`` is off)."""
+        self._health_marked: frozenset[str] = frozenset()
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -197,6 +208,11 @@ class Cluster:
                 await self._tg.start(self._publisher.run)
             if self._subscriber is not None:
                 await self._tg.start(self._subscriber.run)
+            if c.control_plane:
+                self.control = ControlPlane(
+                    c, manager_id=self.id, bus=self._bus, on_change=self._route_by_topology
+                )
+                await self._tg.start(self.control.run)
         except BaseException as exc:
             self._tg.cancel_scope.cancel()
             await self._tg.__aexit__(type(exc), exc, exc.__traceback__)
@@ -215,6 +231,8 @@ class Cluster:
         self._state = "closed"
         try:
             with anyio.CancelScope(shield=True):
+                if self.control is not None:
+                    await self.control.stop()
                 with anyio.move_on_after(self.config.sync_shutdown_timeout) as scope:
                     self._sync.close()
                     await self._sync.finished.wait()
@@ -247,6 +265,92 @@ class Cluster:
     def _failed(self, node: str) -> None:
         self._errors[node] += 1
         self.router.report_failure(node)
+
+    def _route_by_topology(self, topology: Topology, suspects: frozenset[str]) -> None:
+        """The control plane's view changed: swap the routing (one assignment)."""
+        assert self.control is not None
+        c = self.config
+        for tnode in topology.nodes:
+            if tnode.id not in self._pools:
+                self._pools[tnode.id] = Pool(
+                    self.control.spec(tnode.id),
+                    max_size=c.pool_size,
+                    connect_timeout=c.connect_timeout,
+                    timeout=c.timeout,
+                )
+        lagging = self.control.lagging
+        self.router.swap(
+            {n.id: n.weight for n in topology.nodes},
+            unreadable=[n.id for n in topology.nodes if not n.readable or n.id in lagging],
+            unwritable=[n.id for n in topology.nodes if not n.writable],
+        )
+        for node in suspects - self._health_marked:
+            self.router.mark_suspect(node)
+        for node in self._health_marked - suspects:
+            self.router.clear_suspect(node)
+        self._health_marked = suspects
+
+    # ---------------------------------------------------------------- failover
+
+    def _need_control(self) -> ControlPlane:
+        self._check_open()
+        if self.control is None:
+            raise RuntimeError("the control plane is off (config.control_plane=False)")
+        return self.control
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this manager is the cluster's leader right now."""
+        return self.control is not None and self.control.is_leader
+
+    @property
+    def leader(self) -> str | None:
+        """The id of the leader this manager knows of (None: none known, or no control plane)."""
+        return self.control.leader if self.control is not None else None
+
+    @property
+    def epoch(self) -> int:
+        """The highest election epoch this manager has seen (0 without a control plane)."""
+        return self.control.epoch if self.control is not None else 0
+
+    @property
+    def topology(self) -> Topology:
+        """The topology this manager routes by."""
+        if self.control is not None:
+            return self.control.topology
+        return Topology.initial(self.config.nodes)
+
+    def events(self, size: int = 256) -> Subscription:
+        """Subscribe to cluster events (node down/up, leader changes...); ``async with`` it.
+
+        A subscriber that falls behind loses the oldest events (counted in ``dropped``).
+        """
+        return self._bus.subscribe(size)
+
+    def status(self) -> dict[str, Any]:
+        """Nodes (state, health, latency, last seen), leader, epoch, topology, messages."""
+        if self.control is None:
+            return {
+                "manager": self.id,
+                "leader": None,
+                "is_leader": False,
+                "epoch": 0,
+                "control_plane": False,
+                "nodes": {n.id: {"state": "up"} for n in self.config.nodes},
+            }
+        return {**self.control.status(), "control_plane": True}
+
+    async def add_node(self, spec: NodeSpec) -> Topology:
+        """Add a node (leader only; others raise :class:`~cachering.control.NotLeader`)."""
+        return await self._need_control().add_node(spec)
+
+    async def remove_node(self, node_id: str) -> Topology:
+        """Remove a node from the topology (leader only)."""
+        return await self._need_control().remove_node(node_id)
+
+    async def set_weight(self, node_id: str, weight: float) -> Topology:
+        """Change a node's weight (leader only)."""
+        return await self._need_control().set_weight(node_id, weight)
 
     # ---------------------------------------------------------------- routing
 
@@ -702,7 +806,15 @@ class Cluster:
                     gone = tuple(h for h in home if h in avoid and h not in missed)
                     plans[i] = (tuple(t for t in targets if t not in avoid), missed + gone)
         short = [i for i in range(n) if len(acked[i]) < required]
+        if self.control is not None:
+            missed_nodes = {m for i in range(n) for m in plans[i][1]} | avoid
+            if missed_nodes:
+                self.control.note_hinted(missed_nodes)
         if short:
+            # Copies that did take the write still get hints for the homes that failed,
+            # so a partial write converges once they are back.
+            if avoid:
+                await self._hint_failed(raws, acked, hinted, avoid)
             got = min(len(acked[i]) for i in short)
             raise ConsistencyError(
                 f"{len(short)} of {n} key(s) got {got} acknowledgement(s) of the "
@@ -782,6 +894,25 @@ class Cluster:
         if self._publisher is not None:
             await self._publisher.flush()
 
+    def _control_metrics(self) -> dict[str, Any]:
+        control = self.control
+        if control is None:
+            return {"enabled": False}
+        election = control.election.stats
+        return {
+            "enabled": True,
+            "is_leader": int(control.is_leader),
+            "epoch": control.epoch,
+            "topology_version": control.topology.version,
+            **control.counters,
+            **{f"election_{k}": v for k, v in election.items()},
+            "messages_accepted": control.codec.accepted,
+            "messages_dropped": control.codec.drops.snapshot(),
+            "events_dropped": self._bus.dropped,
+            "health_suspects": len(control.suspects()),
+            "lagging": len(control.lagging),
+        }
+
     def metrics(self) -> dict[str, Any]:
         """A snapshot of counters (plain dicts and ints)."""
         s = self._sync.stats if self._sync is not None else None
@@ -805,6 +936,7 @@ class Cluster:
                 "replica_writes_abandoned": s.abandoned if s else 0,
                 "hints_lost": s.hints_lost if s else 0,
             },
+            "control": self._control_metrics(),
             "near_cache": {
                 "enabled": self._near is not None,
                 "size": len(self._near) if self._near is not None else 0,

@@ -154,6 +154,11 @@ def _check_manager_id(_inst: object, _attr: attrs.Attribute[Any], value: object)
         raise _fail("manager_id", f"must be None or 1-64 chars [A-Za-z0-9_.:-], got {value!r}")
 
 
+def _check_flag(_inst: object, attr: attrs.Attribute[bool], value: object) -> None:
+    if not isinstance(value, bool):
+        raise _fail(attr.name, f"must be a bool, got {type(value).__name__}")
+
+
 def _check_bool(_inst: object, attr: attrs.Attribute[bool | None], value: object) -> None:
     if value is not None and not isinstance(value, bool):
         raise _fail(attr.name, f"must be a bool or None, got {type(value).__name__}")
@@ -200,7 +205,9 @@ class ClusterConfig:
         messages: bytes, ``{key_id: bytes}`` or ``(key_id, bytes)`` pairs, first entry
         signs, all verify; None = unsigned), ``manager_id`` (None: random per Cluster),
         ``topology_refresh_interval``, ``max_message_size`` (bytes), ``down_quorum``
-        (managers that must report a node before the leader marks it down).
+        (managers that must report a node before the leader marks it down),
+        ``control_plane`` (run health monitoring, election, topology and repair in the
+        cluster; on by default, off only for a client that must not take part).
     """
 
     nodes: tuple[NodeSpec, ...] = attrs.field(converter=_to_nodes, validator=_check_nodes)
@@ -256,6 +263,7 @@ class ClusterConfig:
         default=65536, kw_only=True, validator=_int_at_least(1024, 64 * 1024 * 1024)
     )
     down_quorum: int = attrs.field(default=1, kw_only=True, validator=_int_at_least(1))
+    control_plane: bool = attrs.field(default=True, kw_only=True, validator=_check_flag)
 
     def __attrs_post_init__(self) -> None:
         if self.sync_queue_size < self.sync_batch_size:

@@ -13,6 +13,7 @@ __all__ = [
     "ConsistencyError",
     "EmptyRingError",
     "NodeUnavailable",
+    "NotLeader",
     "ProtocolError",
     "ResponseError",
     "ServerNotFound",
@@ -74,3 +75,13 @@ class ServerStartError(CacheringError, RuntimeError):
 
     The message includes the tail of the server's log.
     """
+
+
+class NotLeader(CacheringError):
+    """A topology change was asked of a manager that is not the leader (``leader``: known one)."""
+
+    def __init__(self, leader: str | None) -> None:
+        super().__init__(
+            f"only the leader changes the topology; the leader is {leader or 'not known yet'}"
+        )
+        self.leader = leader

@@ -10,7 +10,8 @@ operation sees either the old routing or the new one, never a mix.
 - Writes go to the first ``copies`` nodes of the key's full preference list after moving
   suspect nodes to the end: when a home node is suspect, the next node clockwise stands
   in for it, and the home node is reported as *missed* so a hint is recorded for it.
-- Reads try the same order, and fall back along it when a node fails.
+- Reads try the key's readable home copies, suspects last. Never a stand-in: it holds
+  only the writes made while it stood in, so it may hold an old copy.
 
 A topology (:meth:`Router.set_topology`) can also mark ring nodes *unreadable* (never
 read from, e.g. a node replaying hints after a restart) or *unwritable* (down: writes go
@@ -196,17 +197,31 @@ class Router:
     def _width(self, route: _Route, avoid: frozenset[str]) -> int:
         return min(len(route.ring.nodes), route.copies + len(avoid))
 
-    def read_order(self, key: Key) -> tuple[str, ...]:
-        """Nodes to read ``key`` from, in order: healthy home copies, stand-ins, suspects.
+    @staticmethod
+    def _readers(
+        prefs: tuple[str, ...],
+        copies: int,
+        suspects: frozenset[str],
+        no_read: frozenset[str],
+    ) -> tuple[str, ...]:
+        # Only home copies are read. A stand-in holds just the writes made while it stood
+        # in, possibly in several separate spells, so it may hold an old copy.
+        home = prefs[:copies]
+        good = [n for n in home if n not in suspects and n not in no_read]
+        return (*good, *(n for n in home if n in suspects and n not in no_read))
 
-        Unreadable nodes are left out entirely.
+    def read_order(self, key: Key) -> tuple[str, ...]:
+        """Nodes to read ``key`` from, in order: its readable home copies, suspects last.
+
+        Unreadable nodes and stand-ins are left out entirely (either may hold an old copy).
         """
         route = self._route
         suspects = self.suspects()
         if not suspects and not route.no_read:
             return route.ring.preference_list(key, route.copies)
-        width = self._width(route, suspects | route.no_read)
-        return self._order(route.ring.preference_list(key, width), suspects, route.no_read)
+        return self._readers(
+            route.ring.preference_list(key, route.copies), route.copies, suspects, route.no_read
+        )
 
     def read_orders(self, keys: Sequence[Key]) -> list[tuple[str, ...]] | None:
         """Read order of every key, or None when plain ring ownership applies."""
@@ -214,10 +229,11 @@ class Router:
         suspects = self.suspects()
         if not suspects and not route.no_read:
             return None
-        width = self._width(route, suspects | route.no_read)
-        order = self._order
-        no_read = route.no_read
-        return [order(p, suspects, no_read) for p in route.ring.preference_lists(keys, width)]
+        readers = self._readers
+        copies, no_read = route.copies, route.no_read
+        return [
+            readers(p, copies, suspects, no_read) for p in route.ring.preference_lists(keys, copies)
+        ]
 
     def plain(self) -> tuple[Ring, int] | None:
         """(ring, copies) when no node is suspect or unwritable (plain ring placement)."""

@@ -1,0 +1,337 @@
+"""Repair of a node that missed writes: hint replay, and clearing after a hint overflow.
+
+While a node is down (or routed around), every write it should have taken goes to a stand-in
+that also records the key in the hint set ``{ns}:hint:{node}`` on the node that took the
+write (see :mod:`cachering.data_scripts`). When the node answers again:
+
+1. If any node holds the overflow marker ``{ns}:hintoverflow:{node}``, the hint sets are
+   incomplete: every cachering key of the node is deleted (``SCAN`` + ``UNLINK`` in
+   batches) before it may serve again (:func:`clear_node`), then the markers go.
+2. :func:`replay_hints` reads every node's hint set for it, copies the newest copy of each
+   hinted key (value, version header, absolute expiry; tombstones too) from the other
+   nodes to it through the data path's apply-if-newer script, and removes exactly the
+   replayed members from the hint set (``SREM``), so hints recorded meanwhile survive. It
+   loops until no hint is left (or ``max_rounds``).
+
+3. A node that came back *empty* (restarted without persistence, or cleared after an
+   overflow) also gets every key it is a home copy of: :func:`resync_node` scans the
+   other nodes' cachering keys and copies those whose preference list includes it.
+
+Because writes apply only when newer, replay never overwrites a newer write the node
+received directly (it is writable while recovering).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import anyio
+import attrs
+
+from .data_scripts import APPLY_SOURCE, apply_args, hint_keys
+from .errors import NodeUnavailable, ResponseError
+from .resp.pool import Pool
+from .resp.script import Script
+
+__all__ = [
+    "RepairResult",
+    "clear_node",
+    "overflowed",
+    "pending_hints",
+    "replay_hints",
+    "resync_node",
+]
+
+_APPLY = Script(APPLY_SOURCE)
+_DELETE_IF_SAME = Script(
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+)
+_ERRORS = (NodeUnavailable, ResponseError, OSError)
+
+
+@attrs.define
+class RepairResult:
+    """What one repair did."""
+
+    node: str
+    replayed: int = 0
+    """Hinted keys copied to the node (or found already current)."""
+    deleted: int = 0
+    """Hinted keys that no other node holds any more, removed from the node."""
+    cleared: int = 0
+    """Keys deleted because the hints had overflowed."""
+    rounds: int = 0
+    complete: bool = False
+    """True when no hint for the node was left on any reachable holder."""
+    errors: list[str] = attrs.Factory(list)
+
+
+def _version(raw: object) -> bytes | None:
+    if isinstance(raw, bytes) and len(raw) >= 18 and raw[0] == 1:
+        return raw[1:17]
+    return None
+
+
+async def pending_hints(
+    pools: Mapping[str, Pool],
+    namespace: str,
+    targets: Sequence[str],
+    holders: Iterable[str],
+    timeout: float,  # noqa: ASYNC109
+) -> dict[str, int]:
+    """Hints recorded for each of ``targets`` (summed over the reachable ``holders``)."""
+    counts = dict.fromkeys(targets, 0)
+    if not targets:
+        return counts
+    cmds: list[tuple[Any, ...]] = []
+    for t in targets:
+        hint, over = hint_keys(namespace, t)
+        cmds.append(("SCARD", hint))
+        cmds.append(("EXISTS", over))
+
+    async def one(holder: str) -> None:
+        pool = pools.get(holder)
+        if pool is None:
+            return
+        try:
+            replies = await pool.pipeline(cmds, timeout=timeout)
+        except _ERRORS:
+            return
+        for i, t in enumerate(targets):
+            if t != holder:
+                counts[t] += int(replies[2 * i]) + int(replies[2 * i + 1])
+
+    with anyio.move_on_after(timeout):
+        async with anyio.create_task_group() as tg:
+            for holder in holders:
+                tg.start_soon(one, holder)
+    return counts
+
+
+async def overflowed(
+    pools: Mapping[str, Pool],
+    namespace: str,
+    node: str,
+    holders: Iterable[str],
+    timeout: float,  # noqa: ASYNC109
+) -> list[str]:
+    """The holders that carry an overflow marker for ``node`` (raises if one cannot be asked)."""
+    _, over = hint_keys(namespace, node)
+    found: list[str] = []
+    for holder in holders:
+        if holder == node or holder not in pools:
+            continue
+        if await pools[holder].execute("EXISTS", over, timeout=timeout):
+            found.append(holder)
+    return found
+
+
+async def clear_node(pool: Pool, namespace: str, *, batch: int = 1000, timeout: float = 5.0) -> int:  # noqa: ASYNC109
+    """Delete every cachering data key (``{ns}:k:*``) on one node; returns how many."""
+    pattern = f"{namespace}:k:*".encode()
+    cursor: bytes | int = 0
+    removed = 0
+    while True:
+        cursor, keys = await pool.execute(
+            "SCAN", cursor, "MATCH", pattern, "COUNT", batch, timeout=timeout
+        )
+        if keys:
+            removed += int(await pool.execute("UNLINK", *keys, timeout=timeout))
+        if cursor in (b"0", 0, "0"):
+            return removed
+
+
+async def replay_hints(
+    node: str,
+    pools: Mapping[str, Pool],
+    namespace: str,
+    *,
+    holders: Iterable[str],
+    sources: Iterable[str] | None = None,
+    hint_limit: int = 100_000,
+    batch: int = 256,
+    timeout: float = 1.0,  # noqa: ASYNC109
+    max_rounds: int = 100,
+) -> RepairResult:
+    """Replay every hint recorded for ``node`` until none is left (see the module docstring).
+
+    ``holders`` are the nodes whose hint sets are read; ``sources`` the nodes whose copies
+    are compared (default: the holders). The node itself is never a source.
+    """
+    result = RepairResult(node)
+    holder_ids = [h for h in dict.fromkeys(holders) if h != node and h in pools]
+    source_ids = [s for s in dict.fromkeys(sources or holder_ids) if s != node and s in pools]
+    target = pools.get(node)
+    if target is None:
+        result.errors.append("no pool for the node")
+        return result
+    hint_key, _ = hint_keys(namespace, node)
+    prefix = f"{namespace}:k:".encode()
+    while result.rounds < max_rounds:
+        result.rounds += 1
+        pending = progress = unreachable = False
+        for holder in holder_ids:
+            try:
+                members = await pools[holder].execute(
+                    "SRANDMEMBER", hint_key, batch, timeout=timeout
+                )
+            except _ERRORS as exc:
+                unreachable = True
+                result.errors.append(f"{holder}: {exc}")
+                continue
+            if not members:
+                continue
+            pending = True
+            keys = [prefix + m for m in members]
+            done = await _replay_batch(target, pools, source_ids, keys, hint_limit, timeout, result)
+            if done is None:
+                return result  # the node itself (or every source) failed: retry later
+            # Keys no answering source holds stay hinted until every source answers.
+            handled = [m for m, k in zip(members, keys, strict=True) if k in done]
+            if not handled:
+                continue
+            try:
+                await pools[holder].execute("SREM", hint_key, *handled, timeout=timeout)
+                progress = True
+            except _ERRORS as exc:
+                result.errors.append(f"{holder}: {exc}")
+        if not pending:
+            result.complete = not unreachable
+            return result
+        if not progress:
+            return result
+    return result
+
+
+async def _read_copies(
+    pool: Pool,
+    keys: Sequence[bytes],
+    timeout: float,  # noqa: ASYNC109
+) -> list[tuple[bytes | None, int]]:
+    cmds: list[tuple[Any, ...]] = []
+    for k in keys:
+        cmds.append(("GET", k))
+        cmds.append(("PEXPIRETIME", k))
+    replies = await pool.pipeline(cmds, timeout=timeout, raise_on_error=False)
+    out: list[tuple[bytes | None, int]] = []
+    for i in range(len(keys)):
+        raw, exp = replies[2 * i], replies[2 * i + 1]
+        value = raw if isinstance(raw, bytes) else None
+        out.append((value, exp if isinstance(exp, int) else -1))
+    return out
+
+
+async def _replay_batch(
+    target: Pool,
+    pools: Mapping[str, Pool],
+    sources: Sequence[str],
+    keys: Sequence[bytes],
+    hint_limit: int,
+    timeout: float,  # noqa: ASYNC109
+    result: RepairResult,
+) -> set[bytes] | None:
+    """Copy the newest copy of each key to ``target``; returns the keys dealt with."""
+    best: list[tuple[bytes, int] | None] = [None] * len(keys)
+    answered = 0
+    for source in sources:
+        try:
+            copies = await _read_copies(pools[source], keys, timeout)
+        except _ERRORS as exc:
+            # A quorum-acknowledged write is on another answering node too; a hint the
+            # silent node holds itself is replayed once it answers again.
+            result.errors.append(f"{source}: {exc}")
+            continue
+        answered += 1
+        for i, (raw, exp) in enumerate(copies):
+            version = _version(raw)
+            if raw is None or version is None:
+                continue
+            current = best[i]
+            if current is None or version > current[0][1:17]:
+                best[i] = (raw, exp)
+    if not answered:
+        return None
+    entries = [(k, b[0], max(b[1], 0)) for k, b in zip(keys, best, strict=True) if b is not None]
+    # Deleting needs every source's word that no copy is left.
+    complete = answered == len(sources)
+    missing = [k for k, b in zip(keys, best, strict=True) if b is None] if complete else []
+    try:
+        if entries:
+            key_list, argv = apply_args(entries, hint_limit=hint_limit)
+            await target.run_script(_APPLY, key_list, argv, timeout=timeout)
+            result.replayed += len(entries)
+        if missing:
+            # No copy anywhere (expired or never kept): whatever the node still holds for
+            # these keys is older than what was acknowledged while it was away.
+            mine = await _read_copies(target, missing, timeout)
+            for k, (raw, _) in zip(missing, mine, strict=True):
+                if raw is not None:
+                    result.deleted += int(
+                        await target.run_script(_DELETE_IF_SAME, [k], [raw], timeout=timeout)
+                    )
+    except _ERRORS as exc:
+        result.errors.append(f"target: {exc}")
+        return None
+    return {k for k, _, _ in entries} | set(missing)
+
+
+async def resync_node(
+    node: str,
+    pools: Mapping[str, Pool],
+    namespace: str,
+    *,
+    sources: Iterable[str],
+    homes: Callable[[list[bytes]], list[tuple[str, ...]]],
+    hint_limit: int = 100_000,
+    batch: int = 500,
+    timeout: float = 5.0,  # noqa: ASYNC109
+) -> RepairResult:
+    """Copy to ``node`` every key the other nodes hold and ``homes`` places on it.
+
+    ``homes(raw_keys)`` returns each key's home nodes (its preference list). Each copy goes
+    through apply-if-newer, so copying from every source leaves the newest version.
+    ``complete`` is False if a source or the node failed (run it again).
+    """
+    result = RepairResult(node)
+    target = pools.get(node)
+    if target is None:
+        result.errors.append("no pool for the node")
+        return result
+    prefix = f"{namespace}:k:".encode()
+    pattern = prefix + b"*"
+    ok = True
+    for source in dict.fromkeys(sources):
+        if source == node or source not in pools:
+            continue
+        pool = pools[source]
+        cursor: bytes | int = 0
+        try:
+            while True:
+                cursor, keys = await pool.execute(
+                    "SCAN", cursor, "MATCH", pattern, "COUNT", batch, timeout=timeout
+                )
+                mine = [
+                    k
+                    for k, h in zip(keys, homes([k[len(prefix) :] for k in keys]), strict=True)
+                    if node in h
+                ]
+                if mine:
+                    copies = await _read_copies(pool, mine, timeout)
+                    entries = [
+                        (k, raw, max(exp, 0))
+                        for k, (raw, exp) in zip(mine, copies, strict=True)
+                        if raw is not None and _version(raw) is not None and exp != -2
+                    ]
+                    if entries:
+                        key_list, argv = apply_args(entries, hint_limit=hint_limit)
+                        await target.run_script(_APPLY, key_list, argv, timeout=timeout)
+                        result.replayed += len(entries)
+                result.rounds += 1
+                if cursor in (b"0", 0, "0"):
+                    break
+        except _ERRORS as exc:
+            ok = False
+            result.errors.append(f"{source}: {exc}")
+    result.complete = ok
+    return result
