@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .cluster import Cluster
 from .config import ClusterConfig
+from .control import ControlPlane
 from .control_scripts import BadControlReply
 from .errors import (
     CacheringError,
@@ -11,10 +12,27 @@ from .errors import (
     ConsistencyError,
     EmptyRingError,
     NodeUnavailable,
+    NotLeader,
     ProtocolError,
     ResponseError,
     ServerNotFound,
     ServerStartError,
+)
+from .events import (
+    Event,
+    EventBus,
+    HintsReplayed,
+    LeaderChanged,
+    NodeAdded,
+    NodeDown,
+    NodeHealthy,
+    NodeRecovering,
+    NodeRemoved,
+    NodeRestarted,
+    NodeSuspect,
+    NodeUp,
+    NodeWeightChanged,
+    TopologyChanged,
 )
 from .messages import MessageRejected
 from .node import NodeSpec
@@ -30,11 +48,26 @@ __all__ = [
     "ClusterConfig",
     "ConfigError",
     "ConsistencyError",
+    "ControlPlane",
     "EmptyRingError",
+    "Event",
+    "EventBus",
+    "HintsReplayed",
+    "LeaderChanged",
     "Message",
     "MessageRejected",
+    "NodeAdded",
+    "NodeDown",
+    "NodeHealthy",
+    "NodeRecovering",
+    "NodeRemoved",
+    "NodeRestarted",
     "NodeSpec",
+    "NodeSuspect",
     "NodeUnavailable",
+    "NodeUp",
+    "NodeWeightChanged",
+    "NotLeader",
     "Pool",
     "ProtocolError",
     "PubSub",
@@ -43,6 +76,7 @@ __all__ = [
     "Script",
     "ServerNotFound",
     "ServerStartError",
+    "TopologyChanged",
     "__version__",
     "murmur3_32",
 ]
