@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Iterator
 from types import ModuleType
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 from cachering import _ring_py
+from cachering.local import LocalCluster
+from cluster_helpers import Inspector
 
 # Shared CI machines are slow and noisy: no per-example deadline and no "too slow"
 # health check, which would fail a correct test because another process ran.
@@ -76,3 +79,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         name = item.path.stem
         if not name.startswith(_PURE_MODULES):
             item.add_marker(pytest.mark.redis)
+
+
+@pytest.fixture(scope="module")
+def local() -> Iterator[LocalCluster]:
+    """Three real redis-server processes, one set per test module (modules may override)."""
+    with LocalCluster(3) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def inspect(local: LocalCluster) -> Iterator[Inspector]:
+    """A plain redis-py view of every server of ``local``, to check what is stored."""
+    inspector = Inspector(local)
+    yield inspector
+    inspector.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 
 import anyio
@@ -20,19 +19,6 @@ from cluster_helpers import Inspector, config
 pytestmark = pytest.mark.anyio
 
 _ns = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def local() -> Iterator[LocalCluster]:
-    with LocalCluster(3) as cluster:
-        yield cluster
-
-
-@pytest.fixture(scope="module")
-def inspect(local: LocalCluster) -> Iterator[Inspector]:
-    inspector = Inspector(local)
-    yield inspector
-    inspector.close()
 
 
 @pytest.fixture

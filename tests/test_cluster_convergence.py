@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Iterator
 
 import anyio
 import pytest
@@ -17,19 +16,6 @@ from cluster_helpers import Inspector, config
 pytestmark = pytest.mark.anyio
 
 _ns = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def local() -> Iterator[LocalCluster]:
-    with LocalCluster(3) as cluster:
-        yield cluster
-
-
-@pytest.fixture(scope="module")
-def inspect(local: LocalCluster) -> Iterator[Inspector]:
-    inspector = Inspector(local)
-    yield inspector
-    inspector.close()
 
 
 @pytest.mark.parametrize(("writers", "seed"), [(2, 1), (3, 2), (3, 3)])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import anyio
 import pytest
@@ -17,19 +17,6 @@ from cluster_helpers import Inspector, config
 pytestmark = pytest.mark.anyio
 
 _ns = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def local() -> Iterator[LocalCluster]:
-    with LocalCluster(3) as cluster:
-        yield cluster
-
-
-@pytest.fixture(scope="module")
-def inspect(local: LocalCluster) -> Iterator[Inspector]:
-    inspector = Inspector(local)
-    yield inspector
-    inspector.close()
 
 
 async def eventually(check: Callable[[], object]) -> None:

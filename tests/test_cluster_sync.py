@@ -18,19 +18,6 @@ pytestmark = pytest.mark.anyio
 _ns = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def local() -> Iterator[LocalCluster]:
-    with LocalCluster(3) as cluster:
-        yield cluster
-
-
-@pytest.fixture(scope="module")
-def inspect(local: LocalCluster) -> Iterator[Inspector]:
-    inspector = Inspector(local)
-    yield inspector
-    inspector.close()
-
-
 @pytest.fixture
 def ns(local: LocalCluster) -> Iterator[str]:
     yield f"s{next(_ns)}"
