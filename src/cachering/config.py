@@ -207,7 +207,9 @@ class ClusterConfig:
         ``topology_refresh_interval``, ``max_message_size`` (bytes), ``down_quorum``
         (managers that must report a node before the leader marks it down),
         ``control_plane`` (run health monitoring, election, topology and repair in the
-        cluster; on by default, off only for a client that must not take part).
+        cluster; on by default, off only for a client that must not take part),
+        ``anti_entropy_interval`` (seconds between the leader's anti-entropy sweeps, which
+        push the newest copy of every key to its home copies that are behind; 0 = off).
     """
 
     nodes: tuple[NodeSpec, ...] = attrs.field(converter=_to_nodes, validator=_check_nodes)
@@ -264,6 +266,9 @@ class ClusterConfig:
     )
     down_quorum: int = attrs.field(default=1, kw_only=True, validator=_int_at_least(1))
     control_plane: bool = attrs.field(default=True, kw_only=True, validator=_check_flag)
+    anti_entropy_interval: float = attrs.field(
+        default=300.0, kw_only=True, validator=_seconds(0, inclusive=True)
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.sync_queue_size < self.sync_batch_size:

@@ -23,13 +23,20 @@ Leader duties (each heartbeat, on the leader only)
     in parallel, and announced once a majority accepted it. A refusal that shows a newer
     epoch makes the leader step down at once.
 
+Anti-entropy (leader only)
+    Every ``anti_entropy_interval`` seconds, and once whenever a node comes back up after
+    recovery, the leader sweeps every up node and pushes the newest copy of each key to
+    the key's home copies that are behind (:func:`~cachering.repair.anti_entropy`): the
+    backstop for what hints cannot cover (a write applied by a node whose reply was lost,
+    a hint that could not be recorded, replica writes lost with a crashed manager).
+
 Membership changes
     :meth:`ControlPlane.add_node`, :meth:`~ControlPlane.remove_node` and
     :meth:`~ControlPlane.set_weight` succeed only on the leader (others raise
     :class:`NotLeader`, naming the leader they know): the leader is the one writer of the
     topology, and a caller can retry against ``control.leader``.
 
-This module is longer than most (about 900 lines): leader duties, topology commits and
+This module is longer than most (about 1,000 lines): leader duties, topology commits and
 the message handlers all read and write the same few pieces of state (topology,
 leadership, health, repairs in flight), and keeping them in one class keeps every
 transition of that state in one place.
@@ -68,7 +75,15 @@ from .events import (
 from .health import HealthMonitor
 from .messages import ControlMessage, Keyring, MessageCodec, MessageKind, MessageRejected
 from .node import NodeSpec
-from .repair import clear_node, overflowed, pending_hints, replay_hints, resync_node
+from .repair import (
+    SweepResult,
+    anti_entropy,
+    clear_node,
+    overflowed,
+    pending_hints,
+    replay_hints,
+    resync_node,
+)
 from .resp.pool import Pool
 from .resp.pubsub import PubSub
 from .resp.script import Script
@@ -158,7 +173,8 @@ class ControlPlane:
         self._restamped = 0  # the epoch whose re-stamped topology was committed
         self._reports: dict[str, dict[str, float]] = {}
         self._reported: dict[str, float] = {}
-        self._repairs: dict[str, str] = {}
+        self._repairs: dict[str, str] = {}  # node -> "running#n", "done" or "draining"
+        self._repair_runs = 0
         self._empty: set[str] = set()  # nodes that came back without their data
         self._noted: dict[str, float] = {}  # nodes with hints pending -> when first noted
         self._ring: tuple[dict[str, float], Ring] | None = None
@@ -175,7 +191,13 @@ class ControlPlane:
             "hints_replayed": 0,
             "keys_cleared": 0,
             "keys_resynced": 0,
+            "anti_entropy_sweeps": 0,
+            "anti_entropy_incomplete": 0,
+            "anti_entropy_repaired": 0,
         }
+        self._sweep_now = anyio.Event()
+        self.last_sweep: SweepResult | None = None
+        """The last anti-entropy sweep this manager ran (None: none yet)."""
         self.ready = anyio.Event()
         """Set once the first topology read finished."""
 
@@ -244,6 +266,7 @@ class ControlPlane:
                 await tg.start(self.election.run)
                 tg.start_soon(self._refresher)
                 tg.start_soon(self._duties)
+                tg.start_soon(self._anti_entropy_loop)
                 task_status.started()
         finally:
             self._tg = None
@@ -650,11 +673,13 @@ class ControlPlane:
                 return
             if tnode.state == "recovering" and rec.healthy:
                 if self._repairs.get(node) is None and self._tg is not None:
-                    self._repairs[node] = "running"
-                    self._tg.start_soon(self._repair, node, epoch)
+                    self._repair_runs += 1
+                    token = self._repairs[node] = f"running#{self._repair_runs}"
+                    self._tg.start_soon(self._repair, node, epoch, token)
                 elif self._repairs.get(node) == "done":
                     self._repairs.pop(node, None)
-                    await self._change(node, "up", epoch)
+                    if await self._change(node, "up", epoch):
+                        self._sweep_now.set()
                     return
         if self._ticks % _DRAIN_EVERY == 0:
             await self._drain_up_nodes()
@@ -717,11 +742,24 @@ class ControlPlane:
         copies = min(self.config.replicas, len(weights))
         return self._ring[1].preference_lists(keys, copies)
 
-    async def _repair(self, node: str, epoch: int) -> None:
+    async def _repair(self, node: str, epoch: int, token: str) -> None:
+        outcome = "retry"
+        try:
+            outcome = await self._repair_once(node)
+        finally:
+            # Whatever happened (an error, a new epoch, leadership lost), the entry must not
+            # stay "running": the node would stay recovering for good. The result counts only
+            # in the epoch that started it; otherwise the next tick starts a fresh repair.
+            if self._repairs.get(node) == token:
+                if outcome == "done" and self.is_leader and self.epoch == epoch:
+                    self._repairs[node] = "done"
+                else:
+                    del self._repairs[node]
+
+    async def _repair_once(self, node: str) -> str:
         timeout = max(self.config.timeout, self.round_timeout)
         if not await self._clear_if_overflowed(node):
-            self._repairs.pop(node, None)
-            return
+            return "retry"
         if node in self._empty:
             synced = await resync_node(
                 node,
@@ -734,8 +772,7 @@ class ControlPlane:
             )
             self.counters["keys_resynced"] += synced.replayed
             if not synced.complete:
-                self._repairs.pop(node, None)
-                return
+                return "retry"
             self._empty.discard(node)
         holders = [n for n in self.topology.ids if n != node]
         result = await replay_hints(
@@ -745,17 +782,53 @@ class ControlPlane:
             holders=[h for h in holders if h in self._serving()],
             sources=[s for s in self._serving() if s != node],
             hint_limit=self.config.hint_limit,
-            timeout=max(self.config.timeout, self.round_timeout),
+            timeout=timeout,
         )
         self.counters["repairs"] += 1
         self.counters["hints_replayed"] += result.replayed
         if result.replayed or result.deleted:
             self.bus.publish(HintsReplayed(node=node, keys=result.replayed, cleared=False))
-        if self.is_leader and self.epoch == epoch and node in self._repairs:
-            if result.complete:
-                self._repairs[node] = "done"
-            else:
-                self._repairs.pop(node, None)
+        return "done" if result.complete else "retry"
+
+    async def _anti_entropy_loop(self) -> None:
+        interval = self.config.anti_entropy_interval
+        if interval <= 0:
+            return
+        while True:
+            with anyio.move_on_after(interval):
+                await self._sweep_now.wait()
+            self._sweep_now = anyio.Event()
+            if self.is_leader and self._restamped == self.epoch:
+                await self.sweep()
+
+    async def sweep(self) -> SweepResult:
+        """Run one anti-entropy sweep now (see :func:`~cachering.repair.anti_entropy`).
+
+        Every up node is scanned and the newest copy of each key is pushed to the key's
+        writable home copies that are behind. The leader runs this on its own; calling it
+        elsewhere is safe (every write is apply-if-newer), just redundant.
+        """
+        topo = self.topology
+        up = [n.id for n in topo.nodes if n.state == "up"]
+        writable = [n.id for n in topo.nodes if n.writable]
+        for n in writable:
+            self._pool(n)
+        result = await anti_entropy(
+            self._pools,
+            self.config.namespace,
+            sources=up,
+            targets=writable,
+            homes=lambda keys: self._homes(keys, topo),
+            hint_limit=self.config.hint_limit,
+            timeout=max(self.config.timeout, self.round_timeout, 1.0),
+        )
+        self.counters["anti_entropy_repaired"] += result.repaired
+        if result.complete:
+            self.counters["anti_entropy_sweeps"] += 1
+        else:
+            self.counters["anti_entropy_incomplete"] += 1
+        self.last_sweep = result
+        return result
 
     async def _drain_up_nodes(self) -> None:
         """Replay hints left for up nodes (writes that routed around a briefly failing node)."""

@@ -10,12 +10,21 @@ write (see :mod:`cachering.data_scripts`). When the node answers again:
 2. :func:`replay_hints` reads every node's hint set for it, copies the newest copy of each
    hinted key (value, version header, absolute expiry; tombstones too) from the other
    nodes to it through the data path's apply-if-newer script, and removes exactly the
-   replayed members from the hint set (``SREM``), so hints recorded meanwhile survive. It
-   loops until no hint is left (or ``max_rounds``).
+   replayed members from the hint set (claimed first, see :func:`replay_hints`), so hints
+   recorded meanwhile survive. It loops until no hint is left (or ``max_rounds``).
 
 3. A node that came back *empty* (restarted without persistence, or cleared after an
    overflow) also gets every key it is a home copy of: :func:`resync_node` scans the
    other nodes' cachering keys and copies those whose preference list includes it.
+
+Hints cannot cover everything (a write a server applied but whose reply was lost, a hint
+set that could not be written, a manager that died with replica writes queued), so the
+leader also runs :func:`anti_entropy` sweeps: every key on every up node is compared, by
+its version header, with its other home copies, and the newest version is pushed to the
+copies that are older or missing.
+
+Copies are read with a small Lua script that returns each value with its absolute expiry:
+``PEXPIRETIME`` on Redis >= 7.0, ``PTTL`` plus the server's ``TIME`` before that.
 
 Because writes apply only when newer, replay never overwrites a newer write the node
 received directly (it is writable while recovering).
@@ -36,6 +45,8 @@ from .resp.script import Script
 
 __all__ = [
     "RepairResult",
+    "SweepResult",
+    "anti_entropy",
     "clear_node",
     "overflowed",
     "pending_hints",
@@ -48,6 +59,36 @@ _DELETE_IF_SAME = Script(
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 )
 _ERRORS = (NodeUnavailable, ResponseError, OSError)
+# Each key's stored value and absolute expiry in ms (-1: none, -2: no key). PEXPIRETIME
+# exists from Redis 7.0; before that PTTL plus the server's clock gives the same within a
+# millisecond (both are read in the same script run).
+_READ_COPIES = Script(
+    r"""
+local out, now, exact = {}, nil, true
+for i, key in ipairs(KEYS) do
+  local raw = redis.pcall('GET', key)
+  if type(raw) == 'table' then raw = false end
+  local exp
+  if exact then
+    exp = redis.pcall('PEXPIRETIME', key)
+    if type(exp) == 'table' then exact = false end
+  end
+  if not exact then
+    exp = redis.call('PTTL', key)
+    if exp >= 0 then
+      if now == nil then
+        local t = redis.call('TIME')
+        now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+      end
+      exp = now + exp
+    end
+  end
+  out[2 * i - 1] = raw
+  out[2 * i] = exp
+end
+return out
+"""
+)
 
 
 @attrs.define
@@ -80,7 +121,8 @@ async def pending_hints(
     holders: Iterable[str],
     timeout: float,  # noqa: ASYNC109
 ) -> dict[str, int]:
-    """Hints recorded for each of ``targets`` (summed over the reachable ``holders``)."""
+    """Hints recorded for each of ``targets`` (summed over the reachable ``holders``),
+    claimed ones being replayed included."""
     counts = dict.fromkeys(targets, 0)
     if not targets:
         return counts
@@ -89,6 +131,7 @@ async def pending_hints(
         hint, over = hint_keys(namespace, t)
         cmds.append(("SCARD", hint))
         cmds.append(("EXISTS", over))
+        cmds.append(("SCARD", _claim_key(namespace, t)))
 
     async def one(holder: str) -> None:
         pool = pools.get(holder)
@@ -100,7 +143,7 @@ async def pending_hints(
             return
         for i, t in enumerate(targets):
             if t != holder:
-                counts[t] += int(replies[2 * i]) + int(replies[2 * i + 1])
+                counts[t] += sum(int(r) for r in replies[3 * i : 3 * i + 3])
 
     with anyio.move_on_after(timeout):
         async with anyio.create_task_group() as tg:
@@ -142,6 +185,18 @@ async def clear_node(pool: Pool, namespace: str, *, batch: int = 1000, timeout: 
             return removed
 
 
+def _claim_key(namespace: str, node: str) -> bytes:
+    """Hints being replayed right now (moved out of the hint set, see :func:`replay_hints`)."""
+    return f"{namespace}:hintclaim:{node}".encode()
+
+
+# Moves hint members into the claim set, so a hint recorded again for the same key while
+# it is being replayed lands in the (now empty) hint set and survives the replay.
+_CLAIM = Script(
+    "for i = 1, #ARGV do redis.call('SMOVE', KEYS[1], KEYS[2], ARGV[i]) end return #ARGV"
+)
+
+
 async def replay_hints(
     node: str,
     pools: Mapping[str, Pool],
@@ -157,25 +212,41 @@ async def replay_hints(
     """Replay every hint recorded for ``node`` until none is left (see the module docstring).
 
     ``holders`` are the nodes whose hint sets are read; ``sources`` the nodes whose copies
-    are compared (default: the holders). The node itself is never a source.
+    are compared (default: the holders; a holder is always a source too). The node itself
+    is never a source.
+
+    A batch of hints is first moved to a claim set ``{ns}:hintclaim:{node}`` on its holder
+    (still counted as pending by :func:`pending_hints`), then every source is read and the
+    newest copy applied, and only then are the members removed from the claim set. A
+    member is removed only when *every* source answered: a silent source may hold the
+    newest copy. A claim left behind (a failed or interrupted replay) is replayed first
+    next time.
     """
     result = RepairResult(node)
     holder_ids = [h for h in dict.fromkeys(holders) if h != node and h in pools]
-    source_ids = [s for s in dict.fromkeys(sources or holder_ids) if s != node and s in pools]
+    source_ids = [
+        s for s in dict.fromkeys([*(sources or ()), *holder_ids]) if s != node and s in pools
+    ]
     target = pools.get(node)
     if target is None:
         result.errors.append("no pool for the node")
         return result
     hint_key, _ = hint_keys(namespace, node)
+    claim_key = _claim_key(namespace, node)
     prefix = f"{namespace}:k:".encode()
     while result.rounds < max_rounds:
         result.rounds += 1
         pending = progress = unreachable = False
         for holder in holder_ids:
+            pool = pools[holder]
             try:
-                members = await pools[holder].execute(
-                    "SRANDMEMBER", hint_key, batch, timeout=timeout
-                )
+                members = await pool.execute("SRANDMEMBER", claim_key, batch, timeout=timeout)
+                if not members:
+                    members = await pool.execute("SRANDMEMBER", hint_key, batch, timeout=timeout)
+                    if members:
+                        await pool.run_script(
+                            _CLAIM, [hint_key, claim_key], members, timeout=timeout
+                        )
             except _ERRORS as exc:
                 unreachable = True
                 result.errors.append(f"{holder}: {exc}")
@@ -186,13 +257,12 @@ async def replay_hints(
             keys = [prefix + m for m in members]
             done = await _replay_batch(target, pools, source_ids, keys, hint_limit, timeout, result)
             if done is None:
-                return result  # the node itself (or every source) failed: retry later
-            # Keys no answering source holds stay hinted until every source answers.
+                return result  # the node itself (or a source) failed: the claim waits
             handled = [m for m, k in zip(members, keys, strict=True) if k in done]
             if not handled:
                 continue
             try:
-                await pools[holder].execute("SREM", hint_key, *handled, timeout=timeout)
+                await pool.execute("SREM", claim_key, *handled, timeout=timeout)
                 progress = True
             except _ERRORS as exc:
                 result.errors.append(f"{holder}: {exc}")
@@ -209,11 +279,10 @@ async def _read_copies(
     keys: Sequence[bytes],
     timeout: float,  # noqa: ASYNC109
 ) -> list[tuple[bytes | None, int]]:
-    cmds: list[tuple[Any, ...]] = []
-    for k in keys:
-        cmds.append(("GET", k))
-        cmds.append(("PEXPIRETIME", k))
-    replies = await pool.pipeline(cmds, timeout=timeout, raise_on_error=False)
+    """Each key's raw value (None: missing or not a string) and absolute expiry in ms."""
+    if not keys:
+        return []
+    replies = await pool.run_script(_READ_COPIES, list(keys), [], timeout=timeout)
     out: list[tuple[bytes | None, int]] = []
     for i in range(len(keys)):
         raw, exp = replies[2 * i], replies[2 * i + 1]
@@ -231,15 +300,16 @@ async def _replay_batch(
     timeout: float,  # noqa: ASYNC109
     result: RepairResult,
 ) -> set[bytes] | None:
-    """Copy the newest copy of each key to ``target``; returns the keys dealt with."""
+    """Copy the newest copy of each key to ``target``; returns the keys dealt with, which
+    is none of them unless every source answered (None: the target failed)."""
     best: list[tuple[bytes, int] | None] = [None] * len(keys)
     answered = 0
     for source in sources:
         try:
             copies = await _read_copies(pools[source], keys, timeout)
         except _ERRORS as exc:
-            # A quorum-acknowledged write is on another answering node too; a hint the
-            # silent node holds itself is replayed once it answers again.
+            # What answered is still copied (apply-if-newer makes that safe), but the
+            # silent source may hold a newer copy: the hints stay until it answers.
             result.errors.append(f"{source}: {exc}")
             continue
         answered += 1
@@ -253,8 +323,8 @@ async def _replay_batch(
     if not answered:
         return None
     entries = [(k, b[0], max(b[1], 0)) for k, b in zip(keys, best, strict=True) if b is not None]
-    # Deleting needs every source's word that no copy is left.
     complete = answered == len(sources)
+    # Deleting needs every source's word that no copy is left.
     missing = [k for k, b in zip(keys, best, strict=True) if b is None] if complete else []
     try:
         if entries:
@@ -273,6 +343,8 @@ async def _replay_batch(
     except _ERRORS as exc:
         result.errors.append(f"target: {exc}")
         return None
+    if not complete:
+        return set()
     return {k for k, _, _ in entries} | set(missing)
 
 
@@ -335,3 +407,145 @@ async def resync_node(
             result.errors.append(f"{source}: {exc}")
     result.complete = ok
     return result
+
+
+@attrs.define
+class SweepResult:
+    """What one anti-entropy sweep did."""
+
+    scanned: int = 0
+    """Keys read on the nodes swept (each key once per node that holds it)."""
+    repaired: int = 0
+    """Home copies that were older or missing and got the newest version."""
+    complete: bool = False
+    """True when every node was swept and every home copy answered."""
+    errors: list[str] = attrs.Factory(list)
+
+
+async def _headers(
+    pool: Pool,
+    keys: Sequence[bytes],
+    timeout: float,  # noqa: ASYNC109
+) -> list[bytes | None]:
+    """Each key's stored version (None: missing or not a cachering value)."""
+    replies = await pool.pipeline(
+        [("GETRANGE", k, 0, 17) for k in keys], timeout=timeout, raise_on_error=False
+    )
+    return [_version(r) for r in replies]
+
+
+async def anti_entropy(
+    pools: Mapping[str, Pool],
+    namespace: str,
+    *,
+    sources: Iterable[str],
+    targets: Iterable[str],
+    homes: Callable[[list[bytes]], list[tuple[str, ...]]],
+    hint_limit: int = 100_000,
+    batch: int = 500,
+    timeout: float = 5.0,  # noqa: ASYNC109
+) -> SweepResult:
+    """Push the newest copy of every key to each of its home copies that is behind.
+
+    Every node of ``sources`` is scanned (``SCAN MATCH {ns}:k:* COUNT batch``); for each
+    key that node is a home copy of (``homes(raw_keys)`` gives the preference lists), the
+    version headers of the node and of the key's other homes among ``targets`` are read
+    (one pipeline per node and batch), and the copies that are older or missing get the
+    node's value and absolute expiry through apply-if-newer. Keys a node holds only as a
+    stand-in are not pushed: they may be older than a delete whose tombstone expired.
+    Memory is bounded by ``batch``; there is never a round trip per key.
+    """
+    result = SweepResult()
+    prefix = f"{namespace}:k:".encode()
+    cut = len(prefix)
+    pattern = prefix + b"*"
+    writable = {t for t in targets if t in pools}
+    ok = True
+    for source in dict.fromkeys(sources):
+        pool = pools.get(source)
+        if pool is None:
+            continue
+        cursor: bytes | int = 0
+        try:
+            while True:
+                cursor, keys = await pool.execute(
+                    "SCAN", cursor, "MATCH", pattern, "COUNT", batch, timeout=timeout
+                )
+                if keys:
+                    ok &= await _sweep_batch(
+                        source,
+                        pools,
+                        keys,
+                        homes([k[cut:] for k in keys]),
+                        writable,
+                        hint_limit,
+                        timeout,
+                        result,
+                    )
+                if cursor in (b"0", 0, "0"):
+                    break
+        except _ERRORS as exc:
+            ok = False
+            result.errors.append(f"{source}: {exc}")
+    result.complete = ok
+    return result
+
+
+async def _sweep_batch(
+    source: str,
+    pools: Mapping[str, Pool],
+    keys: Sequence[bytes],
+    key_homes: Sequence[tuple[str, ...]],
+    writable: set[str],
+    hint_limit: int,
+    timeout: float,  # noqa: ASYNC109
+    result: SweepResult,
+) -> bool:
+    """One scanned batch of ``source``: returns False if a home copy could not be fixed."""
+    pool = pools[source]
+    mine = [(k, h) for k, h in zip(keys, key_homes, strict=True) if source in h]
+    if not mine:
+        return True
+    result.scanned += len(mine)
+    headers = await _headers(pool, [k for k, _ in mine], timeout)
+    ours = {i: v for i, v in enumerate(headers) if v is not None}  # foreign values: skipped
+    by_target: dict[str, list[int]] = {}
+    for i in ours:
+        for t in mine[i][1]:
+            if t != source and t in writable:
+                by_target.setdefault(t, []).append(i)
+    ok = True
+    behind: dict[str, list[int]] = {}
+    for t, idx in by_target.items():
+        try:
+            theirs = await _headers(pools[t], [mine[i][0] for i in idx], timeout)
+        except _ERRORS as exc:
+            ok = False
+            result.errors.append(f"{t}: {exc}")
+            continue
+        stale = [i for i, v in zip(idx, theirs, strict=True) if v is None or v < ours[i]]
+        if stale:
+            behind[t] = stale
+    if not behind:
+        return ok
+    needed = sorted({i for idx in behind.values() for i in idx})
+    copies = dict(
+        zip(needed, await _read_copies(pool, [mine[i][0] for i in needed], timeout), strict=True)
+    )
+    for t, idx in behind.items():
+        entries = [
+            (mine[i][0], raw, max(exp, 0))
+            for i in idx
+            if (raw := copies[i][0]) is not None and (exp := copies[i][1]) != -2
+        ]
+        if not entries:
+            continue
+        key_list, argv = apply_args(entries, hint_limit=hint_limit)
+        try:
+            reply = await pools[t].run_script(_APPLY, key_list, argv, timeout=timeout)
+        except _ERRORS as exc:
+            ok = False
+            result.errors.append(f"{t}: {exc}")
+            continue
+        result.repaired += len(reply) - bytes(reply).count(b"0")
+    return ok
