@@ -1,18 +1,15 @@
 """The :class:`Cluster` facade: what applications call.
 
-(Longer than the usual ~600 lines on purpose: the read and write fan-out paths stay
-beside the facade so that the hot paths, their fallbacks and their hints read in one
-place; the write engine is the piece to move out first if it grows.)
-
 >>> async with Cluster(ClusterConfig.from_urls(urls)) as cluster:    # doctest: +SKIP
 ...     await cluster.set("user:42", b"...", ttl=60)
 ...     await cluster.get("user:42")
 b'...'
 
 Each key lives on its home copies (:meth:`Cluster.preference_list`). Writes carry a
-version and go through one apply-if-newer Lua script on every copy (see
-:mod:`cachering.values` and :mod:`cachering.data_scripts`); reads try the copies in
-order and fall back on a connection error or timeout within the same call.
+version and go through one apply-if-newer Lua script on every copy (the write engine is
+:class:`~cachering.writes.Writes`; see also :mod:`cachering.values` and
+:mod:`cachering.data_scripts`); reads try the copies in order and fall back on a
+connection error or timeout within the same call.
 
 The failover layer (:class:`~cachering.control.ControlPlane`: health, election, topology,
 repair) runs in the cluster's task group unless ``config.control_plane`` is False. It
@@ -27,10 +24,8 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from collections import defaultdict
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from datetime import timedelta
 from types import TracebackType
 from typing import Any
 
@@ -40,8 +35,7 @@ from anyio.abc import TaskGroup
 from . import values
 from .config import ClusterConfig, Consistency
 from .control import ControlPlane
-from .data_scripts import APPLY_SOURCE, HintGroup, apply_args, hint_keys
-from .errors import ConsistencyError, NodeUnavailable, ResponseError
+from .errors import NodeUnavailable, ResponseError
 from .events import EventBus, Subscription
 from .messages import Keyring, MessageCodec
 from .nearcache import (
@@ -52,44 +46,13 @@ from .nearcache import (
     NearCacheStats,
 )
 from .node import NodeSpec
-from .resp import Pool, PubSub, Script
-from .ring import Ring
+from .resp import Pool, PubSub
 from .routing import Router
-from .sync import Entry, Synchronizer
+from .sync import Synchronizer
 from .topology import Topology
+from .writes import APPLY, TTL, Key, Value, Writes, key_bytes
 
 __all__ = ["Cluster"]
-
-_SCRIPT = Script(APPLY_SOURCE)
-_LEVELS = ("one", "quorum", "all")
-Key = str | bytes | bytearray | memoryview
-Value = str | bytes | bytearray | memoryview
-TTL = int | float | timedelta | None
-
-
-def _key(key: object) -> bytes:
-    if isinstance(key, bytes):
-        return key
-    if isinstance(key, str):
-        return key.encode()
-    if isinstance(key, (bytearray, memoryview)):
-        return bytes(key)
-    raise TypeError(f"keys must be str or bytes-like, got {type(key).__name__}")
-
-
-def _ttl_ms(ttl: object) -> int:
-    """Milliseconds of a ttl argument; 0 for None."""
-    if ttl is None:
-        return 0
-    if isinstance(ttl, timedelta):
-        seconds = ttl.total_seconds()
-    elif isinstance(ttl, (int, float)) and not isinstance(ttl, bool):
-        seconds = float(ttl)
-    else:
-        raise TypeError(f"ttl must be seconds (int or float) or a timedelta, got {ttl!r}")
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"ttl must be positive and finite, got {ttl!r}")
-    return max(1, math.ceil(seconds * 1000))
 
 
 def _user_values(replies: list[bytes | None]) -> list[bytes | None]:
@@ -99,22 +62,6 @@ def _user_values(replies: list[bytes | None]) -> list[bytes | None]:
         r[size:] if r is not None and len(r) >= size and r[0] == fmt and not r[17] & 1 else None
         for r in replies
     ]
-
-
-def _interleave(stored: list[bytes], pxat: int, *head: int) -> list[Any]:
-    """``[*head, v1, pxat, v2, pxat, ...]`` built with slice assignments (C speed)."""
-    start = len(head)
-    out: list[Any] = [pxat] * (start + 2 * len(stored))
-    out[:start] = head
-    out[start::2] = stored
-    return out
-
-
-_StrSet = set[str]  # the class defines a method named ``set``
-
-
-def _wall_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class Cluster:
@@ -147,6 +94,16 @@ class Cluster:
         self.control: ControlPlane | None = None
         """The failover layer (None when ``config.control_plane`` is off)."""
         self._health_marked: frozenset[str] = frozenset()
+        self._writes = Writes(
+            config,
+            self.router,
+            self._pools,
+            self._clock,
+            on_failure=self._failed,
+            ops=self._ops,
+            errors=self._errors,
+            counts=self._counts,
+        )
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -161,7 +118,7 @@ class Cluster:
             )
         self._sync = Synchronizer(
             self._pools,
-            _SCRIPT,
+            APPLY,
             namespace=c.namespace,
             batch_size=c.sync_batch_size,
             flush_interval=c.sync_flush_interval,
@@ -170,6 +127,7 @@ class Cluster:
             timeout=c.timeout,
             on_failure=self._failed,
         )
+        self._writes.sync = self._sync
         channel = f"{c.namespace}:inval".encode()
         keyring = None
         if c.secret is not None:
@@ -187,9 +145,11 @@ class Cluster:
                 timeout=c.timeout,
                 stats=self._near_stats,
             )
+            self._writes.publisher = self._publisher
         if c.near_cache_size:
             self._near = NearCache(c.near_cache_size, c.near_cache_ttl, clock=anyio.current_time)
             self._near.stats = self._near_stats
+            self._writes.near = self._near
             self._subscriber = InvalidationSubscriber(
                 self._near,
                 c.nodes,
@@ -212,6 +172,7 @@ class Cluster:
                 self.control = ControlPlane(
                     c, manager_id=self.id, bus=self._bus, on_change=self._route_by_topology
                 )
+                self._writes.note_hinted = self.control.note_hinted
                 await self._tg.start(self.control.run)
         except BaseException as exc:
             self._tg.cancel_scope.cancel()
@@ -356,40 +317,18 @@ class Cluster:
 
     def node_for(self, key: Key) -> str:
         """The node that holds ``key``'s primary copy right now."""
-        return self.router.node_for(_key(key))
+        return self.router.node_for(key_bytes(key))
 
     def preference_list(self, key: Key) -> tuple[str, ...]:
         """Every node that holds a copy of ``key`` right now, primary first."""
-        return self.router.preference_list(_key(key))
-
-    # ---------------------------------------------------------------- argument checks
-
-    def _value(self, value: object) -> bytes:
-        if isinstance(value, str):
-            data = value.encode()
-        elif isinstance(value, (bytes, bytearray, memoryview)):
-            data = bytes(value)
-        else:
-            raise TypeError(f"values must be bytes-like or str, got {type(value).__name__}")
-        if len(data) > self.config.max_value_size:
-            raise ValueError(
-                f"value of {len(data)} bytes exceeds max_value_size ({self.config.max_value_size})"
-            )
-        return data
-
-    def _level(self, consistency: object) -> str:
-        if consistency is None:
-            return self.config.consistency
-        if consistency not in _LEVELS:
-            raise ValueError(f"consistency must be one of {_LEVELS}, got {consistency!r}")
-        return str(consistency)
+        return self.router.preference_list(key_bytes(key))
 
     # ---------------------------------------------------------------- reads
 
     async def get(self, key: Key) -> bytes | None:
         """The value of ``key``, or None. Falls back to the next copy if a node fails."""
         self._check_open()
-        raw = _key(key)
+        raw = key_bytes(key)
         self._ops["get"] += 1
         near = self._near
         if near is not None:
@@ -438,14 +377,14 @@ class Cluster:
         """Whether ``key`` holds a value (deleted and expired keys do not)."""
         self._check_open()
         self._ops["exists"] += 1
-        head, _ = await self._header(_key(key))
+        head, _ = await self._header(key_bytes(key))
         return values.user_bytes(head) is not None
 
     async def ttl(self, key: Key) -> float | None:
         """Seconds until ``key`` expires; ``math.inf`` without expiry; None if missing."""
         self._check_open()
         self._ops["ttl"] += 1
-        head, pttl = await self._header(_key(key))
+        head, pttl = await self._header(key_bytes(key))
         if values.user_bytes(head) is None or pttl == -2:
             return None
         return math.inf if pttl < 0 else pttl / 1000
@@ -453,7 +392,7 @@ class Cluster:
     async def get_many(self, keys: Iterable[Key]) -> list[bytes | None]:
         """Values of ``keys`` (None where missing), in order; one MGET per node, in parallel."""
         self._check_open()
-        raws = [k.encode() if type(k) is str else _key(k) for k in keys]
+        raws = [k.encode() if type(k) is str else key_bytes(k) for k in keys]
         if not raws:
             raise ValueError("get_many needs at least one key")
         self._ops["get_many"] += 1
@@ -534,38 +473,7 @@ class Cluster:
     ) -> None:
         """Store ``value`` under ``key`` (``ttl`` in seconds or a timedelta; None = no expiry)."""
         self._check_open()
-        raw, data = _key(key), self._value(value)
-        level, ms = self._level(consistency), _ttl_ms(ttl)
-        self._ops["set"] += 1
-        pxat = _wall_ms() + ms if ms else 0
-        stored = values.encode(self._clock.next(), data)
-        if level == "one" and await self._write_one(raw, stored, pxat):
-            return
-        await self._write([raw], [stored], pxat, level)
-
-    async def _write_one(self, raw: bytes, stored: bytes, pxat: int) -> bool:
-        """Fast path of a single write at level one; False to take the general path."""
-        targets, missed = self.router.write_plan(raw)
-        if missed:
-            return False
-        primary = targets[0]
-        rkey = self._prefix + raw
-        try:
-            await self._pools[primary].run_script(
-                _SCRIPT, (rkey,), (self.config.hint_limit, 0, stored, pxat)
-            )
-        except (NodeUnavailable, ResponseError):
-            return False  # the general path retries elsewhere (writes are idempotent)
-        if self._near is not None:
-            self._near.invalidate((raw,))
-        if self._publisher is not None:
-            self._publisher.note((raw,))
-        if len(targets) > 1:
-            assert self._sync is not None
-            entry = [(rkey, stored, pxat)]
-            for node in targets[1:]:
-                await self._sync.submit(node, entry, holder=primary)
-        return True
+        await self._writes.set(key, value, ttl, consistency)
 
     async def set_many(
         self,
@@ -579,310 +487,19 @@ class Cluster:
         All keys of one call share one version; with repeated keys the last value wins.
         """
         self._check_open()
-        if not isinstance(mapping, Mapping):
-            try:
-                mapping = dict(mapping)
-            except (TypeError, ValueError):
-                raise TypeError("set_many takes a mapping or (key, value) pairs") from None
-        check = self._value
-        # one version for the whole call: versions order writes of the same key only
-        head = values.header(self._clock.next())
-        table: dict[bytes, bytes] = {}
-        for key, value in mapping.items():
-            raw = key.encode() if type(key) is str else _key(key)
-            data = value if type(value) is bytes else check(value)
-            if len(data) > self.config.max_value_size:
-                check(data)
-            table[raw] = head + data
-        if not table:
-            raise ValueError("set_many needs at least one key")
-        level, ms = self._level(consistency), _ttl_ms(ttl)
-        self._ops["set_many"] += 1
-        pxat = _wall_ms() + ms if ms else 0
-        await self._write(list(table), list(table.values()), pxat, level)
+        await self._writes.set_many(mapping, ttl, consistency)
 
     async def delete(self, key: Key, *, consistency: Consistency | None = None) -> bool:
         """Delete ``key``; True if it held a value (as seen by the node that took the delete)."""
         self._check_open()
-        raw, level = _key(key), self._level(consistency)
-        self._ops["delete"] += 1
-        return await self._delete([raw], level) == 1
+        return await self._writes.delete(key, consistency)
 
     async def delete_many(
         self, keys: Iterable[Key], *, consistency: Consistency | None = None
     ) -> int:
         """Delete ``keys``; returns how many held a value."""
         self._check_open()
-        raws = list(dict.fromkeys(_key(k) for k in keys))
-        if not raws:
-            raise ValueError("delete_many needs at least one key")
-        self._ops["delete_many"] += 1
-        return await self._delete(raws, self._level(consistency))
-
-    async def _delete(self, raws: list[bytes], level: str) -> int:
-        tomb = values.header(self._clock.next(), tombstone=True)
-        pxat = _wall_ms() + math.ceil(self.config.tombstone_ttl * 1000)
-        flags = await self._write(raws, [tomb] * len(raws), pxat, level)
-        return sum(1 for f in flags if f == 2)
-
-    async def _write(
-        self, raws: list[bytes], stored: list[bytes], pxat: int, level: str
-    ) -> list[int]:
-        """Write every key at ``level``; returns per-key flags (0 stale, 1 new, 2 replaced)."""
-        if level == "one":
-            plain = self.router.plain()
-            if plain is not None:
-                return await self._write_plain(raws, stored, pxat, *plain)
-        return await self._write_general(raws, stored, pxat, level)
-
-    async def _write_plain(
-        self, raws: list[bytes], stored: list[bytes], pxat: int, ring: Ring, copies: int
-    ) -> list[int]:
-        """Level ``one`` with every node healthy: the hot path of ``set_many``."""
-        n = len(raws)
-        prefix = self._prefix
-        rkeys = [prefix + r for r in raws]
-        prefs: list[tuple[str, ...]] | None = None
-        if copies == 1:
-            owners = ring.lookup_many(raws)
-        else:
-            prefs = ring.preference_lists(raws, copies)
-            owners = [p[0] for p in prefs]
-        groups: dict[str, list[int]] = {}
-        for i, owner in enumerate(owners):
-            group = groups.get(owner)
-            if group is None:
-                groups[owner] = [i]
-            else:
-                group.append(i)
-        flags = [0] * n
-        failed: list[int] = []
-        limit = self.config.hint_limit
-
-        async def call(node: str, idx: list[int]) -> None:
-            argv = _interleave([stored[i] for i in idx], pxat, limit, 0)
-            try:
-                reply = await self._pools[node].run_script(_SCRIPT, [rkeys[i] for i in idx], argv)
-            except (NodeUnavailable, ResponseError) as exc:
-                if isinstance(exc, NodeUnavailable):
-                    self._failed(node)
-                else:
-                    self._errors[node] += 1
-                failed.extend(idx)
-                return
-            for i, flag in zip(idx, reply, strict=True):
-                flags[i] = flag - 48
-
-        if len(groups) == 1:
-            [(node, idx)] = groups.items()
-            await call(node, idx)
-        else:
-            async with anyio.create_task_group() as tg:
-                for node, idx in groups.items():
-                    tg.start_soon(call, node, idx)
-        if self._near is not None:
-            self._near.invalidate(raws)
-        if self._publisher is not None:
-            self._publisher.note(raws)
-        lost: _StrSet = set()
-        if failed:
-            # the general path retries these around the failed node, with hints
-            failed.sort()
-            retry = await self._write_general(
-                [raws[i] for i in failed], [stored[i] for i in failed], pxat, "one"
-            )
-            for i, flag in zip(failed, retry, strict=True):
-                flags[i] = flag
-            lost = {owners[i] for i in failed}
-        if prefs is not None:
-            assert self._sync is not None
-            for node, idx in groups.items():
-                if node in lost:
-                    continue
-                by_target: dict[str, list[int]] = {}
-                for i in idx:
-                    for target in prefs[i][1:]:
-                        ids = by_target.get(target)
-                        if ids is None:
-                            by_target[target] = [i]
-                        else:
-                            ids.append(i)
-                for target, ids in by_target.items():
-                    keys = [rkeys[i] for i in ids]
-                    flat = _interleave([stored[i] for i in ids], pxat)
-                    await self._sync.submit_flat(target, keys, flat, holder=node)
-        return flags
-
-    async def _write_general(
-        self, raws: list[bytes], stored: list[bytes], pxat: int, level: str
-    ) -> list[int]:
-        """Any level, any routing state: fall back along preference lists, record hints."""
-        n = len(raws)
-        copies = self.router.copies
-        need = 1 if level == "one" else copies
-        required = 1 if level == "one" else (copies // 2 + 1 if level == "quorum" else copies)
-        prefix = self._prefix
-        rkeys = [prefix + r for r in raws]
-        flags = [0] * n
-        acked: list[tuple[str, ...]] = [()] * n
-        failed: dict[str, str] = {}
-        avoid: _StrSet = set()
-        hinted: dict[int, _StrSet] = {}
-        plans = self.router.write_plans(raws)
-        todo: Sequence[int] = range(n)
-        limit = self.config.hint_limit
-        while True:
-            calls: dict[str, list[int]] = defaultdict(list)
-            any_missed = False
-            for i in todo:
-                targets, missed = plans[i]
-                if missed:
-                    any_missed = True
-                if avoid:
-                    targets = tuple(t for t in targets if t not in avoid)
-                done = acked[i]
-                for t in targets[:need]:
-                    if t not in done:
-                        calls[t].append(i)
-            if not calls:
-                break
-            newly_failed = False
-
-            async def call(node: str, idx: list[int], any_missed: bool) -> None:
-                nonlocal newly_failed
-                argv: list[Any] = [limit, 0]
-                if any_missed:
-                    missed: dict[str, list[bytes]] = defaultdict(list)
-                    for i in idx:
-                        for m in plans[i][1]:
-                            missed[m].append(raws[i])
-                    argv[1] = len(missed)
-                    for m, members in missed.items():
-                        argv.extend(hint_keys(self.config.namespace, m))
-                        argv.append(len(members))
-                        argv.extend(members)
-                for i in idx:
-                    argv.append(stored[i])
-                    argv.append(pxat)
-                try:
-                    reply = await self._pools[node].run_script(
-                        _SCRIPT, [rkeys[i] for i in idx], argv
-                    )
-                except (NodeUnavailable, ResponseError) as exc:
-                    if isinstance(exc, NodeUnavailable):
-                        self._failed(node)
-                        failed[node] = exc.reason
-                    else:  # reachable but refusing (OOM, ...)
-                        self._errors[node] += 1
-                        failed[node] = str(exc)
-                    avoid.add(node)
-                    newly_failed = True
-                    return
-                for i, flag in zip(idx, reply, strict=True):
-                    acked[i] += (node,)
-                    if flag - 48 > flags[i]:
-                        flags[i] = flag - 48
-                if any_missed:
-                    for i in idx:
-                        if plans[i][1]:
-                            hinted.setdefault(i, set()).update(plans[i][1])
-
-            if len(calls) == 1:
-                [(node, idx)] = calls.items()
-                await call(node, idx, any_missed)
-            else:
-                async with anyio.create_task_group() as tg:
-                    for node, idx in calls.items():
-                        tg.start_soon(call, node, idx, any_missed)
-            if not newly_failed:
-                break
-            # re-plan the keys that still lack acknowledgements, around the failed nodes
-            todo = [i for i in range(n) if len(acked[i]) < need]
-            if todo:
-                fresh = self.router.write_plans([raws[i] for i in todo])
-                for i, plan in zip(todo, fresh, strict=True):
-                    targets, missed = plan
-                    home = self.router.preference_list(raws[i])
-                    gone = tuple(h for h in home if h in avoid and h not in missed)
-                    plans[i] = (tuple(t for t in targets if t not in avoid), missed + gone)
-        short = [i for i in range(n) if len(acked[i]) < required]
-        if self.control is not None:
-            missed_nodes = {m for i in range(n) for m in plans[i][1]} | avoid
-            if missed_nodes:
-                self.control.note_hinted(missed_nodes)
-        if short:
-            # Copies that did take the write still get hints for the homes that failed,
-            # so a partial write converges once they are back.
-            if avoid:
-                await self._hint_failed(raws, acked, hinted, avoid)
-            got = min(len(acked[i]) for i in short)
-            raise ConsistencyError(
-                f"{len(short)} of {n} key(s) got {got} acknowledgement(s) of the "
-                f"{required} that consistency {level!r} needs; failed: "
-                + (", ".join(f"{k} ({v})" for k, v in failed.items()) or "none reachable"),
-                failed=dict(failed),
-                acknowledged=got,
-                required=required,
-            )
-        self._counts["hints_recorded"] += sum(len(h) for h in hinted.values())
-        if avoid:
-            await self._hint_failed(raws, acked, hinted, avoid)
-        await self._after_write(raws, rkeys, stored, pxat, plans, acked, level)
-        return flags
-
-    async def _hint_failed(
-        self,
-        raws: list[bytes],
-        acked: list[tuple[str, ...]],
-        hinted: dict[int, _StrSet],
-        avoid: _StrSet,
-    ) -> None:
-        # Home nodes that failed during the call and that no later call carried a hint for.
-        groups: dict[str, dict[str, list[bytes]]] = defaultdict(lambda: defaultdict(list))
-        for i, raw in enumerate(raws):
-            if not acked[i]:
-                continue
-            for home in self.router.preference_list(raw):
-                if home in avoid and home not in hinted.get(i, ()):
-                    groups[acked[i][0]][home].append(raw)
-        for holder, missed in groups.items():
-            hints: list[HintGroup] = [
-                (*hint_keys(self.config.namespace, m), members) for m, members in missed.items()
-            ]
-            keys, argv = apply_args((), hint_limit=self.config.hint_limit, hints=hints)
-            try:
-                await self._pools[holder].run_script(_SCRIPT, keys, argv)
-            except (NodeUnavailable, ResponseError):
-                self._counts["hints_lost"] += sum(len(m) for m in missed.values())
-            else:
-                self._counts["hints_recorded"] += sum(len(m) for m in missed.values())
-
-    async def _after_write(
-        self,
-        raws: list[bytes],
-        rkeys: list[bytes],
-        stored: list[bytes],
-        pxat: int,
-        plans: list[tuple[tuple[str, ...], tuple[str, ...]]],
-        acked: list[tuple[str, ...]],
-        level: str,
-    ) -> None:
-        if self._near is not None:
-            self._near.invalidate(raws)
-        if self._publisher is not None:
-            self._publisher.note(raws)
-        if level != "one" or self.router.copies < 2:
-            return
-        assert self._sync is not None
-        out: dict[tuple[str, str], list[Entry]] = defaultdict(list)
-        for i, (targets, _) in enumerate(plans):
-            holder = acked[i][0]
-            entry = (rkeys[i], stored[i], pxat)
-            for t in targets:
-                if t != holder:
-                    out[(t, holder)].append(entry)
-        for (node, holder), entries in out.items():
-            await self._sync.submit(node, entries, holder=holder)
+        return await self._writes.delete_many(keys, consistency)
 
     # ---------------------------------------------------------------- status
 

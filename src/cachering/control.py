@@ -13,7 +13,7 @@ Topology
     read from, every node); a ``gap`` (reconnect) triggers an immediate re-read, and every
     ``topology_refresh_interval`` the nodes are read again in case an announcement was lost.
 
-Leader duties (each heartbeat, on the leader only)
+Leader duties (each heartbeat, on the leader only; :mod:`cachering.leader`)
     A node whose heartbeats fail (and which ``down_quorum`` managers, this one included,
     reported through signed ``suspect`` messages) is marked ``down``. When it answers
     again its keys are cleared if its hint log overflowed, it is marked ``recovering``
@@ -35,11 +35,6 @@ Membership changes
     :meth:`~ControlPlane.set_weight` succeed only on the leader (others raise
     :class:`NotLeader`, naming the leader they know): the leader is the one writer of the
     topology, and a caller can retry against ``control.leader``.
-
-This module is longer than most (about 1,000 lines): leader duties, topology commits and
-the message handlers all read and write the same few pieces of state (topology,
-leadership, health, repairs in flight), and keeping them in one class keeps every
-transition of that state in one place.
 """
 
 from __future__ import annotations
@@ -58,12 +53,11 @@ import attrs
 from anyio.abc import TaskGroup, TaskStatus
 
 from .config import ClusterConfig
-from .control_scripts import TOPOLOGY_CAS_LUA, CasReply, control_keys, parse_cas, topology_cas_args
+from .control_scripts import control_keys
 from .election import Election, fan_out, read_states
-from .errors import CacheringError, NodeUnavailable, NotLeader
+from .errors import NodeUnavailable, NotLeader
 from .events import (
     EventBus,
-    HintsReplayed,
     NodeAdded,
     NodeDown,
     NodeRecovering,
@@ -73,29 +67,17 @@ from .events import (
     TopologyChanged,
 )
 from .health import HealthMonitor
+from .leader import LeaderDuties
 from .messages import ControlMessage, Keyring, MessageCodec, MessageKind, MessageRejected
 from .node import NodeSpec
-from .repair import (
-    SweepResult,
-    anti_entropy,
-    clear_node,
-    overflowed,
-    pending_hints,
-    replay_hints,
-    resync_node,
-)
+from .repair import SweepResult, pending_hints
 from .resp.pool import Pool
 from .resp.pubsub import PubSub
-from .resp.script import Script
-from .ring import Ring
-from .topology import NodeState, Topology, TopologyNode
+from .topology import Topology
 
 __all__ = ["ControlPlane", "NotLeader"]  # NotLeader lives in errors; re-exported here
 
 logger = logging.getLogger("cachering.control")
-
-_CAS = Script(TOPOLOGY_CAS_LUA)
-_DRAIN_EVERY = 1  # leader ticks between checks for hints left on up nodes
 
 
 def keyring_of(config: ClusterConfig) -> Keyring | None:
@@ -168,17 +150,8 @@ class ControlPlane:
         self._listeners: dict[str, anyio.CancelScope] = {}
         self._wire_seen: OrderedDict[bytes, set[str]] = OrderedDict()
         self._reread = anyio.Event()
-        self._commit_lock = anyio.Lock()
-        self._restamping = False
-        self._restamped = 0  # the epoch whose re-stamped topology was committed
-        self._reports: dict[str, dict[str, float]] = {}
         self._reported: dict[str, float] = {}
-        self._repairs: dict[str, str] = {}  # node -> "running#n", "done" or "draining"
-        self._repair_runs = 0
-        self._empty: set[str] = set()  # nodes that came back without their data
         self._noted: dict[str, float] = {}  # nodes with hints pending -> when first noted
-        self._ring: tuple[dict[str, float], Ring] | None = None
-        self._ticks = 0
         self.counters: dict[str, int] = {
             "topology_commits": 0,
             "topology_commit_failures": 0,
@@ -195,9 +168,8 @@ class ControlPlane:
             "anti_entropy_incomplete": 0,
             "anti_entropy_repaired": 0,
         }
-        self._sweep_now = anyio.Event()
-        self.last_sweep: SweepResult | None = None
-        """The last anti-entropy sweep this manager ran (None: none yet)."""
+        # the leader's work: topology commits, repair, anti-entropy, membership
+        self._duties = LeaderDuties(self)
         self.ready = anyio.Event()
         """Set once the first topology read finished."""
 
@@ -265,8 +237,8 @@ class ControlPlane:
                 await tg.start(self.health.run)
                 await tg.start(self.election.run)
                 tg.start_soon(self._refresher)
-                tg.start_soon(self._duties)
-                tg.start_soon(self._anti_entropy_loop)
+                tg.start_soon(self._tick_loop)
+                tg.start_soon(self._duties.anti_entropy_loop)
                 task_status.started()
         finally:
             self._tg = None
@@ -378,7 +350,7 @@ class ControlPlane:
             node = body["node"]
             if not isinstance(node, str) or not isinstance(body.get("suspect"), bool):
                 raise ValueError("bad suspect message")
-            reports = self._reports.setdefault(node, {})
+            reports = self._duties.reports.setdefault(node, {})
             if body["suspect"]:
                 reports[msg.sender] = anyio.current_time()
             else:
@@ -444,7 +416,7 @@ class ControlPlane:
         self._notify()
 
     def _restarted(self, node: str) -> None:
-        self._empty.add(node)
+        self._duties.empty.add(node)
         self.election.request_seed()
         self._reread.set()
 
@@ -469,7 +441,7 @@ class ControlPlane:
             self._adopt(newest, source)
         if source == "start":
             self.election.observe_votes(states)
-        if self.is_leader and self._restamped == self.epoch:
+        if self._duties.in_charge():
             behind = [
                 n
                 for n, s in states.items()
@@ -479,7 +451,7 @@ class ControlPlane:
                 and (s.topology is None or self.topology.newer_than(s.topology))
             ]
             if behind:
-                await self._cas_all(self.topology, behind)
+                await self._duties.cas_all(self.topology, behind)
 
     async def _refresher(self) -> None:
         interval = self.config.topology_refresh_interval
@@ -489,100 +461,25 @@ class ControlPlane:
             self._reread = anyio.Event()
             await self._refresh("read")
 
-    async def _cas_all(self, topology: Topology, ids: list[str]) -> dict[str, CasReply | None]:
-        args = topology_cas_args(topology)
-        pools = {n: self._pool(n) for n in ids}
-
-        async def cas(node: str) -> CasReply:
-            reply = await pools[node].run_script(
-                _CAS, [self.keys.topology, self.keys.election], args, timeout=self.round_timeout
-            )
-            return parse_cas(reply)
-
-        return await fan_out(ids, cas, self.round_timeout)
-
-    async def _commit(self, change: Callable[[Topology], Topology]) -> Topology | None:
-        """Write ``change(current topology)`` everywhere; adopt and announce it once a
-        majority holds it. The change is computed under the commit lock, so two changes
-        never build on the same version. Returns the committed topology (None: failed)."""
-        async with self._commit_lock:
-            if not self.is_leader:
-                return None
-            topology = change(self.topology)
-            if topology.epoch != self.epoch:
-                return None
-            ids = list(dict.fromkeys([*self.voters, *topology.ids, *self.topology.ids]))
-            replies = await self._cas_all(topology, ids)
-            holds = sum(1 for n in self.voters if (r := replies.get(n)) is not None and r.holds)
-            newer = 0
-            for r in replies.values():
-                if r is None:
-                    continue
-                if r.status == "STALE_EPOCH" or r.status == "CONFLICT":
-                    self.counters["topology_writes_refused"] += 1
-                for e in (r.node_epoch, r.stored_epoch):
-                    if e is not None and e > topology.epoch:
-                        newer = max(newer, e)
-            if newer:
-                self.election.observe_epoch(newer)  # steps down
-                self.counters["topology_commit_failures"] += 1
-                return None
-            if holds < self.majority or not self.is_leader:
-                self.counters["topology_commit_failures"] += 1
-                return None
-            self.counters["topology_commits"] += 1
-            self._adopt(topology, "commit")
-        with anyio.move_on_after(self.round_timeout * 2):
-            await self._send("topology", topology.epoch, {"topology": topology.to_dict()})
-        return topology
-
     async def _elected(self, epoch: int) -> None:
-        await self._restamp(epoch)
-
-    async def _restamp(self, epoch: int) -> None:
-        if self._restamping:
-            return
-        self._restamping = True
-        try:
-            await self._restamp_now(epoch)
-        finally:
-            self._restamping = False
-
-    async def _restamp_now(self, epoch: int) -> None:
-        states = await read_states(
-            self._watched_pools(), self._watched_pools(), self.keys, self.round_timeout
-        )
-        newest = self.topology
-        for s in states.values():
-            if s is not None and s.topology is not None and s.topology.newer_than(newest):
-                newest = s.topology
-        if newest.epoch > epoch:
-            self.election.observe_epoch(newest.epoch)
-            return
-
-        def stamp(current: Topology) -> Topology:
-            base = newest if newest.newer_than(current) else current
-            return Topology(epoch, base.version + 1, base.nodes, self.id)
-
-        if await self._commit(stamp) is not None:
-            self._restamped = epoch
+        await self._duties.restamp(epoch)
 
     def _stepped_down(self, epoch: int) -> None:
-        self._repairs.clear()
+        self._duties.stepped_down()
 
-    # ------------------------------------------------------------------ leader duties
+    # ------------------------------------------------------------------ every tick
 
-    async def _duties(self) -> None:
+    async def _tick_loop(self) -> None:
         interval = self.config.heartbeat_interval
         while True:
             start = anyio.current_time()
             await self._report_suspects()
             await self._check_lagging()
             if self.is_leader:
-                if self._restamped != self.epoch:
-                    await self._restamp(self.epoch)
+                if self._duties.restamped != self.epoch:
+                    await self._duties.restamp(self.epoch)
                 else:
-                    await self._lead()
+                    await self._duties.lead()
             await anyio.sleep_until(start + interval)
 
     def note_hinted(self, nodes: Iterable[str]) -> None:
@@ -635,171 +532,12 @@ class ControlPlane:
             self._reported[node] = now
             await self._send("suspect", self.epoch, {"node": node, "suspect": rec.suspect})
 
-    def _down_votes(self, node: str) -> int:
-        horizon = anyio.current_time() - self.config.effective_election_timeout
-        reports = self._reports.get(node, {})
-        for sender, at in list(reports.items()):
-            if at < horizon:
-                del reports[sender]
-        return len(reports) + (1 if node in self.health.suspects() else 0)
+    # ------------------------------------------------------------------ leader only
 
-    async def _lead(self) -> None:
-        self._ticks += 1
-        topo = self.topology
-        epoch = self.epoch
-        for tnode in topo.nodes:
-            rec = self.health.nodes.get(tnode.id)
-            if rec is None:
-                continue
-            node = tnode.id
-            if (
-                tnode.state in ("up", "joining", "recovering")
-                and rec.suspect
-                and self._down_votes(node) >= self.config.down_quorum
-            ):
-                self._repairs.pop(node, None)
-                await self._change(node, "down", epoch)
-                return
-            if tnode.state == "up" and node in self._empty and rec.healthy:
-                await self._change(node, "recovering", epoch)
-                return
-            if tnode.state == "joining" and rec.healthy and rec.beats > 0:
-                # Filled like a node that came back empty, then up.
-                self._empty.add(node)
-                await self._change(node, "recovering", epoch)
-                return
-            if tnode.state == "down" and rec.healthy and not rec.suspect:
-                await self._change(node, "recovering", epoch)
-                return
-            if tnode.state == "recovering" and rec.healthy:
-                if self._repairs.get(node) is None and self._tg is not None:
-                    self._repair_runs += 1
-                    token = self._repairs[node] = f"running#{self._repair_runs}"
-                    self._tg.start_soon(self._repair, node, epoch, token)
-                elif self._repairs.get(node) == "done":
-                    self._repairs.pop(node, None)
-                    if await self._change(node, "up", epoch):
-                        self._sweep_now.set()
-                    return
-        if self._ticks % _DRAIN_EVERY == 0:
-            await self._drain_up_nodes()
-
-    async def _change(self, node: str, state: NodeState, epoch: int) -> bool:
-        def change(current: Topology) -> Topology:
-            return current.with_state(node, state, epoch=epoch, leader=self.id)
-
-        try:
-            return await self._commit(change) is not None
-        except KeyError:  # removed meanwhile
-            return False
-
-    def _serving(self) -> list[str]:
-        """Nodes that may hold copies: every writable node of the topology. Local suspicion
-        does not count here: a repair that skipped a slow node could miss the newest copy,
-        so a node that does not answer makes the repair incomplete (it is retried)."""
-        return [n.id for n in self.topology.nodes if n.writable]
-
-    async def _overflowed(self, node: str) -> list[str] | None:
-        """Holders with an overflow marker for ``node`` (None: could not ask them all)."""
-        holders = [n for n in self._serving() if n != node]
-        try:
-            with anyio.fail_after(self.round_timeout * 4):
-                return await overflowed(
-                    self._pools, self.config.namespace, node, holders, self.round_timeout
-                )
-        except (NodeUnavailable, OSError, TimeoutError, CacheringError):
-            return None
-
-    async def _clear_if_overflowed(self, node: str) -> bool:
-        """A recovering node whose hint log overflowed: delete its keys first."""
-        marked = await self._overflowed(node)
-        if marked is None:
-            return False
-        if not marked:
-            return True
-        try:
-            cleared = await clear_node(
-                self._pool(node), self.config.namespace, timeout=max(self.config.timeout, 1.0)
-            )
-            for holder in marked:
-                await self._pool(holder).execute(
-                    "DEL", f"{self.config.namespace}:hintoverflow:{node}"
-                )
-        except (NodeUnavailable, OSError, CacheringError):
-            return False
-        self._empty.add(node)
-        self.counters["keys_cleared"] += cleared
-        self.bus.publish(HintsReplayed(node=node, keys=0, cleared=True))
-        return True
-
-    def _homes(self, keys: list[bytes], topology: Topology | None = None) -> list[tuple[str, ...]]:
-        """Home nodes of each key on a topology's ring (default: the current one)."""
-        topo = topology or self.topology
-        weights = {n.id: n.weight for n in topo.nodes}
-        if self._ring is None or self._ring[0] != weights:
-            c = self.config
-            self._ring = (weights, Ring(dict(weights), vnodes=c.vnodes, hash=c.hash, seed=c.seed))
-        copies = min(self.config.replicas, len(weights))
-        return self._ring[1].preference_lists(keys, copies)
-
-    async def _repair(self, node: str, epoch: int, token: str) -> None:
-        outcome = "retry"
-        try:
-            outcome = await self._repair_once(node)
-        finally:
-            # Whatever happened (an error, a new epoch, leadership lost), the entry must not
-            # stay "running": the node would stay recovering for good. The result counts only
-            # in the epoch that started it; otherwise the next tick starts a fresh repair.
-            if self._repairs.get(node) == token:
-                if outcome == "done" and self.is_leader and self.epoch == epoch:
-                    self._repairs[node] = "done"
-                else:
-                    del self._repairs[node]
-
-    async def _repair_once(self, node: str) -> str:
-        timeout = max(self.config.timeout, self.round_timeout)
-        if not await self._clear_if_overflowed(node):
-            return "retry"
-        if node in self._empty:
-            synced = await resync_node(
-                node,
-                self._pools,
-                self.config.namespace,
-                sources=[s for s in self._serving() if s != node],
-                homes=self._homes,
-                hint_limit=self.config.hint_limit,
-                timeout=max(timeout, 1.0),
-            )
-            self.counters["keys_resynced"] += synced.replayed
-            if not synced.complete:
-                return "retry"
-            self._empty.discard(node)
-        holders = [n for n in self.topology.ids if n != node]
-        result = await replay_hints(
-            node,
-            self._pools,
-            self.config.namespace,
-            holders=[h for h in holders if h in self._serving()],
-            sources=[s for s in self._serving() if s != node],
-            hint_limit=self.config.hint_limit,
-            timeout=timeout,
-        )
-        self.counters["repairs"] += 1
-        self.counters["hints_replayed"] += result.replayed
-        if result.replayed or result.deleted:
-            self.bus.publish(HintsReplayed(node=node, keys=result.replayed, cleared=False))
-        return "done" if result.complete else "retry"
-
-    async def _anti_entropy_loop(self) -> None:
-        interval = self.config.anti_entropy_interval
-        if interval <= 0:
-            return
-        while True:
-            with anyio.move_on_after(interval):
-                await self._sweep_now.wait()
-            self._sweep_now = anyio.Event()
-            if self.is_leader and self._restamped == self.epoch:
-                await self.sweep()
+    @property
+    def last_sweep(self) -> SweepResult | None:
+        """The last anti-entropy sweep this manager ran (None: none yet)."""
+        return self._duties.last_sweep
 
     async def sweep(self) -> SweepResult:
         """Run one anti-entropy sweep now (see :func:`~cachering.repair.anti_entropy`).
@@ -808,136 +546,19 @@ class ControlPlane:
         writable home copies that are behind. The leader runs this on its own; calling it
         elsewhere is safe (every write is apply-if-newer), just redundant.
         """
-        topo = self.topology
-        up = [n.id for n in topo.nodes if n.state == "up"]
-        writable = [n.id for n in topo.nodes if n.writable]
-        for n in writable:
-            self._pool(n)
-        result = await anti_entropy(
-            self._pools,
-            self.config.namespace,
-            sources=up,
-            targets=writable,
-            homes=lambda keys: self._homes(keys, topo),
-            hint_limit=self.config.hint_limit,
-            timeout=max(self.config.timeout, self.round_timeout, 1.0),
-        )
-        self.counters["anti_entropy_repaired"] += result.repaired
-        if result.complete:
-            self.counters["anti_entropy_sweeps"] += 1
-        else:
-            self.counters["anti_entropy_incomplete"] += 1
-        self.last_sweep = result
-        return result
-
-    async def _drain_up_nodes(self) -> None:
-        """Replay hints left for up nodes (writes that routed around a briefly failing node)."""
-        serving = self._serving()
-        up = [n.id for n in self.topology.nodes if n.state == "up" and n.id in serving]
-        counts = await pending_hints(
-            self._pools, self.config.namespace, up, serving, self.round_timeout
-        )
-        for node, count in counts.items():
-            if count and node not in self._repairs and self._tg is not None:
-                self._repairs[node] = "draining"
-                self._tg.start_soon(self._drain, node)
-
-    async def _drain(self, node: str) -> None:
-        try:
-            marked = await self._overflowed(node)
-            if marked:
-                # It missed writes we no longer know: it must stop serving and be rebuilt.
-                self._empty.add(node)
-                return
-            if marked is None:
-                return
-            serving = [n for n in self._serving() if n != node]
-            result = await replay_hints(
-                node,
-                self._pools,
-                self.config.namespace,
-                holders=serving,
-                sources=serving,
-                hint_limit=self.config.hint_limit,
-                timeout=max(self.config.timeout, self.round_timeout),
-            )
-            self.counters["hints_replayed"] += result.replayed
-        finally:
-            if self._repairs.get(node) == "draining":
-                del self._repairs[node]
-
-    # ------------------------------------------------------------------ membership
-
-    def _require_leader(self) -> None:
-        if not self.is_leader or self._restamped != self.epoch:
-            raise NotLeader(self.leader if self.leader != self.id else None)
+        return await self._duties.sweep()
 
     async def add_node(self, spec: NodeSpec) -> Topology:
         """Add a node (state ``joining``, then ``up`` once it answers); leader only."""
-        if not isinstance(spec, NodeSpec):
-            raise TypeError(f"add_node() needs a NodeSpec, got {type(spec).__name__}")
-        self._require_leader()
-        if spec.id in self.topology:
-            raise ValueError(f"node {spec.id!r} is already in the topology")
-        self._specs[spec.id] = spec
-        self._pool(spec.id)
-        await self.election.seed_pass(extra=[spec.id])
-        epoch = self.epoch
-        return await self._apply(
-            lambda t: t.with_node(
-                TopologyNode.from_spec(spec, "joining"), epoch=epoch, leader=self.id
-            )
-        )
+        return await self._duties.add_node(spec)
 
     async def remove_node(self, node_id: str) -> Topology:
         """Remove a node from the topology (its keys move to the others); leader only."""
-        self._require_leader()
-        epoch = self.epoch
-        return await self._move(lambda t: t.without_node(node_id, epoch=epoch, leader=self.id))
-
-    async def _move(self, change: Callable[[Topology], Topology]) -> Topology:
-        """Commit a change that moves keys: copy them to their new homes before and after."""
-        await self._copy_to_new_homes(change(self.topology))
-        committed = await self._apply(change)
-        if self._tg is not None:
-            self._tg.start_soon(self._copy_to_new_homes, committed)
-        return committed
-
-    async def _copy_to_new_homes(self, new: Topology) -> None:
-        """Give every serving node of ``new`` the keys ``new``'s ring places on it."""
-        sources = self._serving()
-        targets = [n.id for n in new.nodes if n.writable and n.id in sources]
-        timeout = max(self.config.timeout, 1.0)
-        for node in targets:
-            result = await resync_node(
-                node,
-                self._pools,
-                self.config.namespace,
-                sources=sources,
-                homes=lambda keys: self._homes(keys, new),
-                hint_limit=self.config.hint_limit,
-                timeout=timeout,
-            )
-            self.counters["keys_resynced"] += result.replayed
+        return await self._duties.remove_node(node_id)
 
     async def set_weight(self, node_id: str, weight: float) -> Topology:
         """Change a node's weight; leader only."""
-        self._require_leader()
-        epoch = self.epoch
-        self.topology.with_weight(node_id, weight, epoch=epoch)  # bad input fails here
-        return await self._move(
-            lambda t: t.with_weight(node_id, weight, epoch=epoch, leader=self.id)
-        )
-
-    async def _apply(self, change: Callable[[Topology], Topology]) -> Topology:
-        committed = await self._commit(change)
-        if committed is None:
-            raise (
-                NotLeader(None)
-                if not self.is_leader
-                else CacheringError("the topology change did not reach a majority of the nodes")
-            )
-        return committed
+        return await self._duties.set_weight(node_id, weight)
 
     # ------------------------------------------------------------------ status
 

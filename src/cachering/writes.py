@@ -1,0 +1,480 @@
+"""The write engine of a :class:`~cachering.cluster.Cluster`: set, set_many and delete.
+
+A write carries a version (the cluster's hybrid clock) and goes through the one
+apply-if-newer script on each copy it reaches. At level ``one`` with every node healthy
+the primary copy takes it and the synchronizer batches the replica writes; otherwise each
+key falls back along its preference list, a copy that stands in for a missed home records
+a hint for it, and the call raises :class:`~cachering.errors.ConsistencyError` if a key
+got fewer acknowledgements than its level needs (the copies that did take it still get
+hints, so a partial write converges).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import timedelta
+from typing import Any
+
+import anyio
+
+from . import values
+from .config import ClusterConfig, Consistency
+from .data_scripts import APPLY_SOURCE, HintGroup, apply_args, hint_keys
+from .errors import ConsistencyError, NodeUnavailable, ResponseError
+from .nearcache import InvalidationPublisher, NearCache
+from .resp import Pool, Script
+from .ring import Ring
+from .routing import Router
+from .sync import Entry, Synchronizer
+
+__all__ = ["APPLY", "TTL", "Key", "Value", "Writes", "key_bytes"]
+
+APPLY = Script(APPLY_SOURCE)
+"""The apply-if-newer script every write and replica write runs."""
+_LEVELS = ("one", "quorum", "all")
+Key = str | bytes | bytearray | memoryview
+Value = str | bytes | bytearray | memoryview
+TTL = int | float | timedelta | None
+
+
+def key_bytes(key: object) -> bytes:
+    """A key argument as bytes; TypeError for anything but str or bytes-like."""
+    if isinstance(key, bytes):
+        return key
+    if isinstance(key, str):
+        return key.encode()
+    if isinstance(key, (bytearray, memoryview)):
+        return bytes(key)
+    raise TypeError(f"keys must be str or bytes-like, got {type(key).__name__}")
+
+
+def _ttl_ms(ttl: object) -> int:
+    """Milliseconds of a ttl argument; 0 for None."""
+    if ttl is None:
+        return 0
+    if isinstance(ttl, timedelta):
+        seconds = ttl.total_seconds()
+    elif isinstance(ttl, (int, float)) and not isinstance(ttl, bool):
+        seconds = float(ttl)
+    else:
+        raise TypeError(f"ttl must be seconds (int or float) or a timedelta, got {ttl!r}")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"ttl must be positive and finite, got {ttl!r}")
+    return max(1, math.ceil(seconds * 1000))
+
+
+def _interleave(stored: list[bytes], pxat: int, *head: int) -> list[Any]:
+    """``[*head, v1, pxat, v2, pxat, ...]`` built with slice assignments (C speed)."""
+    start = len(head)
+    out: list[Any] = [pxat] * (start + 2 * len(stored))
+    out[:start] = head
+    out[start::2] = stored
+    return out
+
+
+_StrSet = set[str]  # the class defines a method named ``set``
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Writes:
+    """Writes of one cluster; the cluster sets ``sync``, ``near``, ``publisher`` and
+    ``note_hinted`` as it starts the services they belong to."""
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        router: Router,
+        pools: dict[str, Pool],
+        clock: values.HybridClock,
+        *,
+        on_failure: Callable[[str], None],
+        ops: dict[str, int],
+        errors: dict[str, int],
+        counts: dict[str, int],
+    ) -> None:
+        self.config = config
+        self.router = router
+        self._pools = pools
+        self._clock = clock
+        self._prefix = f"{config.namespace}:k:".encode()
+        self._on_failure = on_failure
+        self._ops = ops
+        self._errors = errors
+        self._counts = counts
+        self.sync: Synchronizer | None = None
+        """Sends replica writes in batches (set once the cluster is open)."""
+        self.near: NearCache | None = None
+        """This manager's near cache, invalidated on every write (None: off)."""
+        self.publisher: InvalidationPublisher | None = None
+        """Tells other managers' near caches what was written (None: off)."""
+        self.note_hinted: Callable[[Iterable[str]], None] | None = None
+        """Called with the nodes a write recorded hints for (the control plane's)."""
+
+    async def set(self, key: Key, value: Value, ttl: TTL, consistency: Consistency | None) -> None:
+        """What :meth:`Cluster.set <cachering.cluster.Cluster.set>` does."""
+        raw, data = key_bytes(key), self.value(value)
+        level, ms = self.level(consistency), _ttl_ms(ttl)
+        self._ops["set"] += 1
+        pxat = _wall_ms() + ms if ms else 0
+        stored = values.encode(self._clock.next(), data)
+        if level == "one" and await self._write_one(raw, stored, pxat):
+            return
+        await self._write([raw], [stored], pxat, level)
+
+    async def set_many(
+        self,
+        mapping: Mapping[Key, Value] | Iterable[tuple[Key, Value]],
+        ttl: TTL,
+        consistency: Consistency | None,
+    ) -> None:
+        """What :meth:`Cluster.set_many <cachering.cluster.Cluster.set_many>` does (one version)."""
+        if not isinstance(mapping, Mapping):
+            try:
+                mapping = dict(mapping)
+            except (TypeError, ValueError):
+                raise TypeError("set_many takes a mapping or (key, value) pairs") from None
+        check = self.value
+        # one version for the whole call: versions order writes of the same key only
+        head = values.header(self._clock.next())
+        table: dict[bytes, bytes] = {}
+        for key, value in mapping.items():
+            raw = key.encode() if type(key) is str else key_bytes(key)
+            data = value if type(value) is bytes else check(value)
+            if len(data) > self.config.max_value_size:
+                check(data)
+            table[raw] = head + data
+        if not table:
+            raise ValueError("set_many needs at least one key")
+        level, ms = self.level(consistency), _ttl_ms(ttl)
+        self._ops["set_many"] += 1
+        pxat = _wall_ms() + ms if ms else 0
+        await self._write(list(table), list(table.values()), pxat, level)
+
+    async def delete(self, key: Key, consistency: Consistency | None) -> bool:
+        """What :meth:`Cluster.delete <cachering.cluster.Cluster.delete>` does."""
+        raw, level = key_bytes(key), self.level(consistency)
+        self._ops["delete"] += 1
+        return await self._delete([raw], level) == 1
+
+    async def delete_many(self, keys: Iterable[Key], consistency: Consistency | None) -> int:
+        """What :meth:`Cluster.delete_many <cachering.cluster.Cluster.delete_many>` does."""
+        raws = list(dict.fromkeys(key_bytes(k) for k in keys))
+        if not raws:
+            raise ValueError("delete_many needs at least one key")
+        self._ops["delete_many"] += 1
+        return await self._delete(raws, self.level(consistency))
+
+    def value(self, value: object) -> bytes:
+        """``value`` as bytes; TypeError or ValueError if it cannot be stored."""
+        if isinstance(value, str):
+            data = value.encode()
+        elif isinstance(value, (bytes, bytearray, memoryview)):
+            data = bytes(value)
+        else:
+            raise TypeError(f"values must be bytes-like or str, got {type(value).__name__}")
+        if len(data) > self.config.max_value_size:
+            raise ValueError(
+                f"value of {len(data)} bytes exceeds max_value_size ({self.config.max_value_size})"
+            )
+        return data
+
+    def level(self, consistency: object) -> str:
+        """The consistency level to use; ValueError for an unknown one."""
+        if consistency is None:
+            return self.config.consistency
+        if consistency not in _LEVELS:
+            raise ValueError(f"consistency must be one of {_LEVELS}, got {consistency!r}")
+        return str(consistency)
+
+    async def _write_one(self, raw: bytes, stored: bytes, pxat: int) -> bool:
+        """Fast path of a single write at level one; False to take the general path."""
+        targets, missed = self.router.write_plan(raw)
+        if missed:
+            return False
+        primary = targets[0]
+        rkey = self._prefix + raw
+        try:
+            await self._pools[primary].run_script(
+                APPLY, (rkey,), (self.config.hint_limit, 0, stored, pxat)
+            )
+        except (NodeUnavailable, ResponseError):
+            return False  # the general path retries elsewhere (writes are idempotent)
+        if self.near is not None:
+            self.near.invalidate((raw,))
+        if self.publisher is not None:
+            self.publisher.note((raw,))
+        if len(targets) > 1:
+            assert self.sync is not None
+            entry = [(rkey, stored, pxat)]
+            for node in targets[1:]:
+                await self.sync.submit(node, entry, holder=primary)
+        return True
+
+    async def _delete(self, raws: list[bytes], level: str) -> int:
+        tomb = values.header(self._clock.next(), tombstone=True)
+        pxat = _wall_ms() + math.ceil(self.config.tombstone_ttl * 1000)
+        flags = await self._write(raws, [tomb] * len(raws), pxat, level)
+        return sum(1 for f in flags if f == 2)
+
+    async def _write(
+        self, raws: list[bytes], stored: list[bytes], pxat: int, level: str
+    ) -> list[int]:
+        """Write every key at ``level``; returns per-key flags (0 stale, 1 new, 2 replaced)."""
+        if level == "one":
+            plain = self.router.plain()
+            if plain is not None:
+                return await self._write_plain(raws, stored, pxat, *plain)
+        return await self._write_general(raws, stored, pxat, level)
+
+    async def _write_plain(
+        self, raws: list[bytes], stored: list[bytes], pxat: int, ring: Ring, copies: int
+    ) -> list[int]:
+        """Level ``one`` with every node healthy: the hot path of ``set_many``."""
+        n = len(raws)
+        prefix = self._prefix
+        rkeys = [prefix + r for r in raws]
+        prefs: list[tuple[str, ...]] | None = None
+        if copies == 1:
+            owners = ring.lookup_many(raws)
+        else:
+            prefs = ring.preference_lists(raws, copies)
+            owners = [p[0] for p in prefs]
+        groups: dict[str, list[int]] = {}
+        for i, owner in enumerate(owners):
+            group = groups.get(owner)
+            if group is None:
+                groups[owner] = [i]
+            else:
+                group.append(i)
+        flags = [0] * n
+        failed: list[int] = []
+        limit = self.config.hint_limit
+
+        async def call(node: str, idx: list[int]) -> None:
+            argv = _interleave([stored[i] for i in idx], pxat, limit, 0)
+            try:
+                reply = await self._pools[node].run_script(APPLY, [rkeys[i] for i in idx], argv)
+            except (NodeUnavailable, ResponseError) as exc:
+                if isinstance(exc, NodeUnavailable):
+                    self._on_failure(node)
+                else:
+                    self._errors[node] += 1
+                failed.extend(idx)
+                return
+            for i, flag in zip(idx, reply, strict=True):
+                flags[i] = flag - 48
+
+        if len(groups) == 1:
+            [(node, idx)] = groups.items()
+            await call(node, idx)
+        else:
+            async with anyio.create_task_group() as tg:
+                for node, idx in groups.items():
+                    tg.start_soon(call, node, idx)
+        if self.near is not None:
+            self.near.invalidate(raws)
+        if self.publisher is not None:
+            self.publisher.note(raws)
+        lost: _StrSet = set()
+        if failed:
+            # the general path retries these around the failed node, with hints
+            failed.sort()
+            retry = await self._write_general(
+                [raws[i] for i in failed], [stored[i] for i in failed], pxat, "one"
+            )
+            for i, flag in zip(failed, retry, strict=True):
+                flags[i] = flag
+            lost = {owners[i] for i in failed}
+        if prefs is not None:
+            assert self.sync is not None
+            for node, idx in groups.items():
+                if node in lost:
+                    continue
+                by_target: dict[str, list[int]] = {}
+                for i in idx:
+                    for target in prefs[i][1:]:
+                        ids = by_target.get(target)
+                        if ids is None:
+                            by_target[target] = [i]
+                        else:
+                            ids.append(i)
+                for target, ids in by_target.items():
+                    keys = [rkeys[i] for i in ids]
+                    flat = _interleave([stored[i] for i in ids], pxat)
+                    await self.sync.submit_flat(target, keys, flat, holder=node)
+        return flags
+
+    async def _write_general(
+        self, raws: list[bytes], stored: list[bytes], pxat: int, level: str
+    ) -> list[int]:
+        """Any level, any routing state: fall back along preference lists, record hints."""
+        n = len(raws)
+        copies = self.router.copies
+        need = 1 if level == "one" else copies
+        required = 1 if level == "one" else (copies // 2 + 1 if level == "quorum" else copies)
+        prefix = self._prefix
+        rkeys = [prefix + r for r in raws]
+        flags = [0] * n
+        acked: list[tuple[str, ...]] = [()] * n
+        failed: dict[str, str] = {}
+        avoid: _StrSet = set()
+        hinted: dict[int, _StrSet] = {}
+        plans = self.router.write_plans(raws)
+        todo: Sequence[int] = range(n)
+        limit = self.config.hint_limit
+        while True:
+            calls: dict[str, list[int]] = defaultdict(list)
+            any_missed = False
+            for i in todo:
+                targets, missed = plans[i]
+                if missed:
+                    any_missed = True
+                if avoid:
+                    targets = tuple(t for t in targets if t not in avoid)
+                done = acked[i]
+                for t in targets[:need]:
+                    if t not in done:
+                        calls[t].append(i)
+            if not calls:
+                break
+            newly_failed = False
+
+            async def call(node: str, idx: list[int], any_missed: bool) -> None:
+                nonlocal newly_failed
+                argv: list[Any] = [limit, 0]
+                if any_missed:
+                    missed: dict[str, list[bytes]] = defaultdict(list)
+                    for i in idx:
+                        for m in plans[i][1]:
+                            missed[m].append(raws[i])
+                    argv[1] = len(missed)
+                    for m, members in missed.items():
+                        argv.extend(hint_keys(self.config.namespace, m))
+                        argv.append(len(members))
+                        argv.extend(members)
+                for i in idx:
+                    argv.append(stored[i])
+                    argv.append(pxat)
+                try:
+                    reply = await self._pools[node].run_script(APPLY, [rkeys[i] for i in idx], argv)
+                except (NodeUnavailable, ResponseError) as exc:
+                    if isinstance(exc, NodeUnavailable):
+                        self._on_failure(node)
+                        failed[node] = exc.reason
+                    else:  # reachable but refusing (OOM, ...)
+                        self._errors[node] += 1
+                        failed[node] = str(exc)
+                    avoid.add(node)
+                    newly_failed = True
+                    return
+                for i, flag in zip(idx, reply, strict=True):
+                    acked[i] += (node,)
+                    if flag - 48 > flags[i]:
+                        flags[i] = flag - 48
+                if any_missed:
+                    for i in idx:
+                        if plans[i][1]:
+                            hinted.setdefault(i, set()).update(plans[i][1])
+
+            if len(calls) == 1:
+                [(node, idx)] = calls.items()
+                await call(node, idx, any_missed)
+            else:
+                async with anyio.create_task_group() as tg:
+                    for node, idx in calls.items():
+                        tg.start_soon(call, node, idx, any_missed)
+            if not newly_failed:
+                break
+            # re-plan the keys that still lack acknowledgements, around the failed nodes
+            todo = [i for i in range(n) if len(acked[i]) < need]
+            if todo:
+                fresh = self.router.write_plans([raws[i] for i in todo])
+                for i, plan in zip(todo, fresh, strict=True):
+                    targets, missed = plan
+                    home = self.router.preference_list(raws[i])
+                    gone = tuple(h for h in home if h in avoid and h not in missed)
+                    plans[i] = (tuple(t for t in targets if t not in avoid), missed + gone)
+        short = [i for i in range(n) if len(acked[i]) < required]
+        if self.note_hinted is not None:
+            missed_nodes = {m for i in range(n) for m in plans[i][1]} | avoid
+            if missed_nodes:
+                self.note_hinted(missed_nodes)
+        if short:
+            # Copies that did take the write still get hints for the homes that failed,
+            # so a partial write converges once they are back.
+            if avoid:
+                await self._hint_failed(raws, acked, hinted, avoid)
+            got = min(len(acked[i]) for i in short)
+            raise ConsistencyError(
+                f"{len(short)} of {n} key(s) got {got} acknowledgement(s) of the "
+                f"{required} that consistency {level!r} needs; failed: "
+                + (", ".join(f"{k} ({v})" for k, v in failed.items()) or "none reachable"),
+                failed=dict(failed),
+                acknowledged=got,
+                required=required,
+            )
+        self._counts["hints_recorded"] += sum(len(h) for h in hinted.values())
+        if avoid:
+            await self._hint_failed(raws, acked, hinted, avoid)
+        await self._after_write(raws, rkeys, stored, pxat, plans, acked, level)
+        return flags
+
+    async def _hint_failed(
+        self,
+        raws: list[bytes],
+        acked: list[tuple[str, ...]],
+        hinted: dict[int, _StrSet],
+        avoid: _StrSet,
+    ) -> None:
+        # Home nodes that failed during the call and that no later call carried a hint for.
+        groups: dict[str, dict[str, list[bytes]]] = defaultdict(lambda: defaultdict(list))
+        for i, raw in enumerate(raws):
+            if not acked[i]:
+                continue
+            for home in self.router.preference_list(raw):
+                if home in avoid and home not in hinted.get(i, ()):
+                    groups[acked[i][0]][home].append(raw)
+        for holder, missed in groups.items():
+            hints: list[HintGroup] = [
+                (*hint_keys(self.config.namespace, m), members) for m, members in missed.items()
+            ]
+            keys, argv = apply_args((), hint_limit=self.config.hint_limit, hints=hints)
+            try:
+                await self._pools[holder].run_script(APPLY, keys, argv)
+            except (NodeUnavailable, ResponseError):
+                self._counts["hints_lost"] += sum(len(m) for m in missed.values())
+            else:
+                self._counts["hints_recorded"] += sum(len(m) for m in missed.values())
+
+    async def _after_write(
+        self,
+        raws: list[bytes],
+        rkeys: list[bytes],
+        stored: list[bytes],
+        pxat: int,
+        plans: list[tuple[tuple[str, ...], tuple[str, ...]]],
+        acked: list[tuple[str, ...]],
+        level: str,
+    ) -> None:
+        if self.near is not None:
+            self.near.invalidate(raws)
+        if self.publisher is not None:
+            self.publisher.note(raws)
+        if level != "one" or self.router.copies < 2:
+            return
+        assert self.sync is not None
+        out: dict[tuple[str, str], list[Entry]] = defaultdict(list)
+        for i, (targets, _) in enumerate(plans):
+            holder = acked[i][0]
+            entry = (rkeys[i], stored[i], pxat)
+            for t in targets:
+                if t != holder:
+                    out[(t, holder)].append(entry)
+        for (node, holder), entries in out.items():
+            await self.sync.submit(node, entries, holder=holder)
