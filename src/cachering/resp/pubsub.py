@@ -323,14 +323,19 @@ class PubSub:
             await conn.send_command("PING")
         return _SILENCE
 
-    @staticmethod
-    def _parse(reply: Any) -> Message | None:
+    def _parse(self, reply: Any) -> Message | None:
         if not isinstance(reply, list) or not reply:
             return None
         kind = reply[0]
+        # A message still in flight when its channel or pattern was unsubscribed is not
+        # delivered: once unsubscribe() returns, that channel stays quiet.
         if kind == b"message" and len(reply) == 3:
+            if reply[1] not in self._channels:
+                return None
             return Message(kind="message", channel=reply[1], data=reply[2])
         if kind == b"pmessage" and len(reply) == 4:
+            if reply[1] not in self._patterns:
+                return None
             return Message(kind="pmessage", channel=reply[2], data=reply[3], pattern=reply[1])
         # Subscription confirmations, PONGs and anything unexpected are not messages.
         return None
