@@ -25,21 +25,12 @@ import anyio
 
 from .. import _ring_py
 from ..config import ClusterConfig
+from .args import int_in
 from .output import Style, UsageError, print_json, table
 
 __all__ = ["cluster_bench", "configure", "ring_bench", "run"]
 
 Progress = Callable[[str], None]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 100:
-        raise argparse.ArgumentTypeError(f"must be at least 100, got {value}")
-    return value
 
 
 def configure(commands: Any) -> None:
@@ -55,7 +46,7 @@ def configure(commands: Any) -> None:
     )
     p.add_argument("--ring-only", action="store_true", help="skip the cluster benchmark")
     p.add_argument(
-        "--keys", type=_positive_int, default=100_000, help="random keys per run (default 100000)"
+        "--keys", type=int_in(100), default=100_000, help="random keys per run (default 100000)"
     )
     p.add_argument("--nodes", type=int, default=100, help="ring size for lookups (default 100)")
     p.add_argument(

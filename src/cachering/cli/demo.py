@@ -15,38 +15,12 @@ runs, so ``--help`` stays quick.
 from __future__ import annotations
 
 import argparse
-import math
 from typing import Any
 
+from .args import float_in, int_in
 from .output import Style, UsageError, fmt_percent, print_json
 
 __all__ = ["configure", "run"]
-
-
-def _int_in(low: int, high: int) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be in {low}..{high}, got {value}")
-        return value
-
-    return parse
-
-
-def _float_in(low: float, high: float) -> Any:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not math.isfinite(value) or not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be in {low:g}..{high:g}, got {text}")
-        return value
-
-    return parse
 
 
 def configure(commands: Any) -> None:
@@ -61,18 +35,18 @@ def configure(commands: Any) -> None:
             "reads, failover and rejoin times. Exit status 1 if any invariant broke."
         ),
     )
-    p.add_argument("--nodes", type=_int_in(2, 16), default=3, help="servers (default 3)")
-    p.add_argument("--replicas", type=_int_in(1, 16), default=2, help="copies per key (default 2)")
+    p.add_argument("--nodes", type=int_in(2, 16), default=3, help="servers (default 3)")
+    p.add_argument("--replicas", type=int_in(1, 16), default=2, help="copies per key (default 2)")
     p.add_argument(
-        "--heartbeat", type=_float_in(0.05, 10), default=0.2, help="seconds (default 0.2)"
+        "--heartbeat", type=float_in(0.05, 10), default=0.2, help="seconds (default 0.2)"
     )
     p.add_argument(
-        "--duration", type=_float_in(3, 3600), default=20.0, help="seconds of workload (default 20)"
+        "--duration", type=float_in(3, 3600), default=20.0, help="seconds of workload (default 20)"
     )
-    p.add_argument("--managers", type=_int_in(1, 16), default=3, help="managers (default 3)")
-    p.add_argument("--keys", type=_int_in(10, 1_000_000), default=2000, help="keys (default 2000)")
+    p.add_argument("--managers", type=int_in(1, 16), default=3, help="managers (default 3)")
+    p.add_argument("--keys", type=int_in(10, 1_000_000), default=2000, help="keys (default 2000)")
     p.add_argument(
-        "--rate", type=_float_in(0, 1e7), default=0, help="cap on ops/s in total (default: none)"
+        "--rate", type=float_in(0, 1e7), default=0, help="cap on ops/s in total (default: none)"
     )
     p.add_argument("--seed", type=int, default=None, help="seed for the victim and the workload")
     p.add_argument(

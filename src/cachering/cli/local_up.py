@@ -9,19 +9,10 @@ import threading
 from typing import Any
 
 from ..local import LocalCluster
+from .args import int_in
 from .output import Style, print_json
 
 __all__ = ["configure", "run"]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def configure(commands: Any) -> None:
@@ -41,7 +32,7 @@ def configure(commands: Any) -> None:
             "SIGTERM; then stop every server and remove the directory."
         ),
     )
-    up.add_argument("--nodes", type=_positive_int, default=3, help="servers to start (default 3)")
+    up.add_argument("--nodes", type=int_in(1), default=3, help="servers to start (default 3)")
     up.add_argument("--password", help="require this password (requirepass / ACL user)")
     up.add_argument("--username", help="an ACL user (needs --password); 'default' is disabled")
     up.add_argument(

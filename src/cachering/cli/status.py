@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -23,6 +22,7 @@ from ..node import NodeSpec
 from ..resp import Pool
 from ..ring import Ring
 from ..topology import Topology
+from .args import float_in
 from .output import Live, Style, UsageError, fmt_bytes, fmt_count, fmt_percent, print_json, table
 
 __all__ = ["collect", "configure", "load_config", "render", "run"]
@@ -44,14 +44,7 @@ def load_config(urls: Sequence[str], path: str | None, **options: Any) -> Cluste
         raise ConfigError(str(exc)) from None
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
-    return value
+_seconds = float_in(0, above=True, unit="seconds")
 
 
 def configure(commands: Any) -> None:
