@@ -327,14 +327,18 @@ class Fleet:
 
 @asynccontextmanager
 async def fleet(local: LocalCluster, ns: str, **options: Any) -> AsyncIterator[Fleet]:
-    async with anyio.create_task_group() as tg:
-        f = Fleet(tg, local, ns, **options)
-        try:
-            await tg.start(f.sampler)
-            yield f
-        finally:
-            f.close()
+    fleet_: Fleet | None = None
+    try:
+        async with anyio.create_task_group() as tg:
+            fleet_ = Fleet(tg, local, ns, **options)
+            await tg.start(fleet_.sampler)
+            yield fleet_
             tg.cancel_scope.cancel()
+    finally:
+        # Only once the task group has exited: a sampler thread may still be using the
+        # redis-py clients until its cancelled task has been waited for.
+        if fleet_ is not None:
+            fleet_.close()
 
 
 class Checker:
