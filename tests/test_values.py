@@ -211,3 +211,48 @@ def test_script_records_bounded_hints(server: redis.Redis) -> None:
     _apply(server, [], hints=[(hk, ok, present)], hint_limit=3)
     assert server.get(ok) is None
     assert hk == b"ns:hint:n1"
+
+
+def test_script_key_named_twice_keeps_the_newest(server: redis.Redis) -> None:
+    server.flushall()
+    clock = values.HybridClock(b"a" * 8)
+    v1, v2, v3 = clock.next(), clock.next(), clock.next()
+    pxat = int(time.time() * 1000) + 50_000
+    # newer then older: the older entry is refused against the newer one of the same call
+    out = _apply(
+        server, [(b"k", values.encode(v2, b"two"), pxat), (b"k", values.encode(v1, b"one"), 0)]
+    )
+    assert out == "10"
+    assert values.user_bytes(server.get(b"k")) == b"two"
+    assert server.execute_command("PEXPIRETIME", b"k") == pxat
+    # older then newer: both apply, the last one is what stays, with its own (no) expiry
+    server.flushall()
+    out = _apply(
+        server, [(b"j", values.encode(v2, b"two"), pxat), (b"j", values.encode(v3, b"three"), 0)]
+    )
+    assert out == "12"  # the second replaced the live value the first had written
+    assert values.user_bytes(server.get(b"j")) == b"three"
+    assert server.pttl(b"j") == -1
+
+
+def test_script_more_keys_than_one_command_takes(server: redis.Redis) -> None:
+    """Past 4000 keys the reads and writes are split into several MGET/MSET calls."""
+    server.flushall()
+    clock = values.HybridClock(b"a" * 8)
+    pxat = int(time.time() * 1000) + 50_000
+    entries = [
+        (f"k{i}".encode(), values.encode(clock.next(), str(i).encode()), pxat if i % 3 == 0 else 0)
+        for i in range(9_001)
+    ]
+    assert _apply(server, entries) == "1" * 9_001
+    assert server.dbsize() == 9_001
+    for i in (0, 1, 3_999, 4_000, 4_001, 7_999, 8_000, 9_000):
+        assert values.user_bytes(server.get(f"k{i}".encode())) == str(i).encode()
+        assert (server.pttl(f"k{i}".encode()) > 0) == (i % 3 == 0)
+    # all over again with one older version each: nothing applies, nothing changes
+    stale = [
+        (k, values.encode(values.HybridClock(b"a" * 8, wall_ms=lambda: 1).next(), b"x"), 0)
+        for k, _, _ in entries
+    ]
+    assert _apply(server, stale) == "0" * 9_001
+    assert values.user_bytes(server.get(b"k8000")) == b"8000"

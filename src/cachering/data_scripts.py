@@ -7,19 +7,24 @@ the writer. It can also record hints (keys that some node missed) in the same ro
 Arguments::
 
     KEYS   data keys k1..kn
-    ARGV   limit  g  [hint_key overflow_key m member*m]*g  [value pxat]*n
+    ARGV   limit  g  [hint_key overflow_key m member*m]*g  expiry  [value]*n
+       or  limit  g  [hint_key overflow_key m member*m]*g  "*"  [value pxat]*n
 
-``limit`` bounds each hint set; past it the overflow key is set to ``1`` instead. ``pxat``
-is absolute Unix milliseconds, ``0`` for no expiry. The reply is a string with one
-character per key: ``0`` not applied (the stored copy is as new or newer), ``1`` applied,
-``2`` applied over a live (non-tombstone) value.
+``limit`` bounds each hint set; past it the overflow key is set to ``1`` instead. The
+expiry is absolute Unix milliseconds (``PXAT``), ``0`` for none: one ``expiry`` for every
+key of the call (what a ``set_many`` writes), or ``*`` and one ``pxat`` per key (what
+replica batches and repairs mix). With no keys the expiry may be left out. The reply is a
+string with one character per key: ``0`` not applied (the stored copy is as new or newer),
+``1`` applied, ``2`` applied over a live (non-tombstone) value. A key may appear more than
+once: each entry is compared with the newest the call has applied before it, and only the
+key's last applied entry is written.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-__all__ = ["APPLY_SOURCE", "HintGroup", "apply_args", "hint_keys"]
+__all__ = ["APPLY_SOURCE", "EACH", "HintGroup", "apply_args", "entry_args", "hint_keys"]
 
 APPLY_SOURCE = r"""
 local limit = tonumber(ARGV[1])
@@ -37,44 +42,87 @@ for _ = 1, tonumber(ARGV[2]) do
   end
   a = a + m
 end
-local out = {}
-local unpack = struct.unpack
-for i = 1, #KEYS do
-  local key, val, pxat = KEYS[i], ARGV[a], ARGV[a + 1]
-  a = a + 2
-  -- only the header is needed: GETRANGE avoids copying large values into Lua
-  local cur = redis.pcall('GETRANGE', key, 0, 17)
-  if type(cur) == 'table' then
-    -- not a string: nothing of ours, replace it
-    redis.call('DEL', key)
-    cur = ''
+local n = #KEYS
+if n == 0 then
+  return ''
+end
+-- value i is ARGV[v + step * i], its expiry ARGV[v + step * i + 1] or the shared one
+local shared = ARGV[a]
+local step = shared == '*' and 2 or 1
+local v = a + 1 - step
+-- Every redis.call costs far more than Lua itself: read all current copies with one MGET
+-- per 4000 keys (MGET answers false for a missing key and for a key of another type).
+local cur = {}
+for s = 1, n, 4000 do
+  local got = redis.call('MGET', unpack(KEYS, s, math.min(s + 3999, n)))
+  for j = 1, #got do
+    cur[s + j - 1] = got[j]
   end
+end
+local byte = string.byte
+local out, last = {}, {}
+for i = 1, n do
+  local key, val = KEYS[i], ARGV[v + step * i]
+  -- a key named twice in one call is compared with what the call applied before
+  local p = last[key]
+  local c = p and ARGV[v + step * p] or cur[i]
   local apply, live = true, false
-  if #cur == 18 and string.byte(cur, 1) == 1 then
-    live = string.byte(cur, 18) % 2 == 0
-    -- the version is 16 big-endian bytes: compare them as four 32-bit numbers
-    local c1, c2, c3, c4 = unpack('>I4I4I4I4', cur, 2)
-    local v1, v2, v3, v4 = unpack('>I4I4I4I4', val, 2)
-    if v1 ~= c1 then
-      apply = v1 > c1
-    elseif v2 ~= c2 then
-      apply = v2 > c2
-    elseif v3 ~= c3 then
-      apply = v3 > c3
-    else
-      apply = v4 > c4
-    end
+  if c and #c >= 18 and byte(c, 1) == 1 then
+    -- the version is bytes 2..17, big-endian: the first differing byte decides
+    local c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15, c16, c17 =
+      byte(c, 2, 18)
+    local v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, v11, v12, v13, v14, v15, v16 =
+      byte(val, 2, 17)
+    live = c17 % 2 == 0
+    if v1 ~= c1 then apply = v1 > c1
+    elseif v2 ~= c2 then apply = v2 > c2
+    elseif v3 ~= c3 then apply = v3 > c3
+    elseif v4 ~= c4 then apply = v4 > c4
+    elseif v5 ~= c5 then apply = v5 > c5
+    elseif v6 ~= c6 then apply = v6 > c6
+    elseif v7 ~= c7 then apply = v7 > c7
+    elseif v8 ~= c8 then apply = v8 > c8
+    elseif v9 ~= c9 then apply = v9 > c9
+    elseif v10 ~= c10 then apply = v10 > c10
+    elseif v11 ~= c11 then apply = v11 > c11
+    elseif v12 ~= c12 then apply = v12 > c12
+    elseif v13 ~= c13 then apply = v13 > c13
+    elseif v14 ~= c14 then apply = v14 > c14
+    elseif v15 ~= c15 then apply = v15 > c15
+    else apply = v16 > c16 end
   end
   if apply then
-    if pxat == '0' then
-      redis.call('SET', key, val)
-    else
-      redis.call('SET', key, val, 'PXAT', pxat)
-    end
+    last[key] = i
     out[i] = live and '2' or '1'
   else
     out[i] = '0'
   end
+end
+-- Write each key's last applied entry: those without expiry in one MSET per 2000 keys,
+-- those with one (PXAT, absolute) one SET each.
+local mset, m = {}, 0
+for i = 1, n do
+  local key = KEYS[i]
+  if last[key] == i then
+    local val, pxat = ARGV[v + step * i], shared
+    if step == 2 then
+      pxat = ARGV[v + 2 * i + 1]
+    end
+    if pxat == '0' then
+      mset[m + 1] = key
+      mset[m + 2] = val
+      m = m + 2
+      if m == 4000 then
+        redis.call('MSET', unpack(mset, 1, m))
+        m = 0
+      end
+    else
+      redis.call('SET', key, val, 'PXAT', pxat)
+    end
+  end
+end
+if m > 0 then
+  redis.call('MSET', unpack(mset, 1, m))
 end
 return table.concat(out)
 """
@@ -93,6 +141,10 @@ def hint_keys(namespace: str, node_id: str) -> tuple[bytes, bytes]:
     )
 
 
+EACH = b"*"
+"""The ``expiry`` argument that announces one ``pxat`` per key."""
+
+
 def apply_args(
     entries: Iterable[tuple[bytes, bytes, int]],
     *,
@@ -107,8 +159,25 @@ def apply_args(
         argv.append(overflow_key)
         argv.append(len(members))
         argv.extend(members)
+    stored: list[bytes] = []
+    pxats: list[int] = []
     for key, value, pxat in entries:
         keys.append(key)
-        argv.append(value)
-        argv.append(pxat)
+        stored.append(value)
+        pxats.append(pxat)
+    argv.extend(entry_args(stored, pxats))
     return keys, argv
+
+
+def entry_args(stored: list[bytes], pxats: int | Sequence[int]) -> list[bytes | int]:
+    """The ``expiry`` and value part of ``APPLY``'s ARGV for values ``stored`` with one
+    shared absolute expiry (an int) or one per value (the shared form when they agree)."""
+    if not isinstance(pxats, int):
+        first = pxats[0] if pxats else 0
+        if any(p != first for p in pxats):
+            out: list[bytes | int] = [EACH] * (1 + 2 * len(stored))
+            out[1::2] = stored
+            out[2::2] = pxats
+            return out
+        pxats = first
+    return [pxats, *stored]

@@ -6,9 +6,9 @@ script calls (at most ``sync_batch_size`` keys each) per flush. A flush happens 
 as one node's batch is full, or ``sync_flush_interval`` after the first pending write.
 
 Memory is bounded: ``submit`` splits work into chunks of at most ``sync_batch_size``
-entries that travel through a bounded memory object stream; the service stops taking
-chunks while ``sync_queue_size`` entries are pending or in flight, so the stream fills up
-and ``submit`` waits (backpressure). Nothing is dropped silently: a write whose node is
+entries and hands each straight to the pending batches (no task switch on the hot path)
+while fewer than ``sync_queue_size`` entries are pending or in flight; past that it waits
+until a flush completes (backpressure). Nothing is dropped silently: a write whose node is
 unreachable is counted as dropped and its key is recorded as a hint on the node that took
 the write (its *holder*), for the repair path to replay.
 """
@@ -23,9 +23,8 @@ from typing import Any
 import anyio
 import attrs
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .data_scripts import apply_args, hint_keys
+from .data_scripts import apply_args, entry_args, hint_keys
 from .errors import NodeUnavailable, ResponseError
 from .resp.pool import Pool
 from .resp.script import Script
@@ -56,7 +55,8 @@ class _Chunk:
     node: str
     holder: str
     keys: list[bytes]
-    flat: list[bytes | int]  # value, pxat, value, pxat, ... (the script's ARGV layout)
+    values: list[bytes]
+    pxat: int | list[int]  # one absolute expiry for every key, or one per key
 
 
 class Synchronizer:
@@ -86,10 +86,6 @@ class Synchronizer:
         self._timeout = timeout
         self._on_failure = on_failure
         self.stats = SyncStats()
-        buffer = max(1, queue_size // batch_size)
-        streams: tuple[MemoryObjectSendStream[_Chunk], MemoryObjectReceiveStream[_Chunk]]
-        streams = anyio.create_memory_object_stream[_Chunk](buffer)
-        self._send, self._recv = streams
         self._pending: dict[str, list[_Chunk]] = defaultdict(list)
         self._node_count: dict[str, int] = defaultdict(int)
         self._pending_count = 0  # pending + in flight
@@ -115,37 +111,62 @@ class Synchronizer:
 
         ``holder`` is a node that took the same writes: hints go there if ``node`` fails.
         """
-        keys = [e[0] for e in entries]
-        flat: list[bytes | int] = []
-        for _, value, pxat in entries:
-            flat.append(value)
-            flat.append(pxat)
-        await self.submit_flat(node, keys, flat, holder=holder)
+        pxats = [e[2] for e in entries]
+        first = pxats[0] if pxats else 0
+        shared = all(p == first for p in pxats)
+        await self._submit(
+            node,
+            [e[0] for e in entries],
+            [e[1] for e in entries],
+            first if shared else pxats,
+            holder,
+        )
 
-    async def submit_flat(
-        self, node: str, keys: list[bytes], flat: list[bytes | int], *, holder: str
+    async def submit_values(
+        self, node: str, keys: list[bytes], values: list[bytes], pxat: int, *, holder: str
     ) -> None:
-        """:meth:`submit` with the entries already laid out: Redis keys, then
-        ``value, pxat`` pairs in the same order (what the cluster's hot path builds)."""
+        """:meth:`submit` for values that share one absolute expiry ``pxat`` (0: none),
+        already laid out as the script takes them (what the cluster's hot path builds)."""
+        await self._submit(node, keys, values, pxat, holder)
+
+    async def _submit(
+        self,
+        node: str,
+        keys: list[bytes],
+        values: list[bytes],
+        pxat: int | list[int],
+        holder: str,
+    ) -> None:
+        if self._closed:
+            raise RuntimeError("the synchronizer is closed")
         step = self._batch_size
         for start in range(0, len(keys), step):
-            chunk = _Chunk(
-                node, holder, keys[start : start + step], flat[2 * start : 2 * (start + step)]
+            while self._pending_count >= self._queue_size:
+                if self._space.is_set():
+                    self._space = anyio.Event()
+                await self._space.wait()
+            end = start + step
+            self._accept(
+                _Chunk(
+                    node,
+                    holder,
+                    keys[start:end],
+                    values[start:end],
+                    pxat if isinstance(pxat, int) else pxat[start:end],
+                )
             )
-            count = len(chunk.keys)
-            self.stats.submitted += count
-            try:
-                # send_nowait first: a free slot should not cost a trip through the loop
-                self._send.send_nowait(chunk)
-            except anyio.WouldBlock:
-                try:
-                    await self._send.send(chunk)
-                except BaseException:
-                    self.stats.submitted -= count
-                    raise
-            except BaseException:
-                self.stats.submitted -= count
-                raise
+
+    def _accept(self, chunk: _Chunk) -> None:
+        count = len(chunk.keys)
+        self.stats.submitted += count
+        self._pending[chunk.node].append(chunk)
+        self._pending_count += count
+        self._node_count[chunk.node] += count
+        if self._node_count[chunk.node] >= self._batch_size:
+            self._full = True
+            self._wake.set()
+        elif self._idle:
+            self._wake.set()
 
     async def flush(self) -> None:
         """Wait until every write submitted before this call has been completed."""
@@ -159,7 +180,8 @@ class Synchronizer:
 
     def close(self) -> None:
         """Accept no more writes; the service flushes what it holds, then sets ``finished``."""
-        self._send.close()
+        self._closed = True
+        self._wake.set()
 
     def abandon(self) -> None:
         """Count everything not yet completed as abandoned (shutdown timed out)."""
@@ -169,28 +191,10 @@ class Synchronizer:
     # ---------------------------------------------------------------- service
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Take chunks from the stream and flush them until :meth:`close`."""
+        """Flush pending batches (by size, by time or on request) until :meth:`close`."""
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._flush_loop)
-                task_status.started()
-                async with self._recv:
-                    async for chunk in self._recv:
-                        while self._pending_count >= self._queue_size:
-                            self._space = anyio.Event()
-                            await self._space.wait()
-                        bucket = self._pending[chunk.node]
-                        bucket.append(chunk)
-                        count = len(chunk.keys)
-                        self._pending_count += count
-                        self._node_count[chunk.node] += count
-                        if self._node_count[chunk.node] >= self._batch_size:
-                            self._full = True
-                            self._wake.set()
-                        elif self._idle:
-                            self._wake.set()
-                self._closed = True
-                self._wake.set()
+            task_status.started()
+            await self._flush_loop()
         finally:
             self.finished.set()
 
@@ -206,8 +210,8 @@ class Synchronizer:
                 finally:
                     self._idle = False
                 continue
-            # Every arriving chunk wakes us; keep waiting for the interval unless a batch
-            # filled up, the stream closed or someone waits in flush().
+            # Wait out the interval unless a batch fills up, close() is called or someone
+            # waits in flush() (each of those sets _wake).
             with anyio.move_on_after(self._interval):
                 while not (self._full or self._closed or self._waiters):
                     self._wake = anyio.Event()
@@ -252,8 +256,17 @@ class Synchronizer:
 
     def _command(self, piece: list[_Chunk]) -> tuple[list[bytes], list[bytes | int]]:
         keys = list(chain.from_iterable(c.keys for c in piece))
+        values = list(chain.from_iterable(c.values for c in piece))
+        first = piece[0].pxat
+        pxats: int | list[int] = first
+        if not all(c.pxat == first for c in piece) or not isinstance(first, int):
+            pxats = list(
+                chain.from_iterable(
+                    [c.pxat] * len(c.keys) if isinstance(c.pxat, int) else c.pxat for c in piece
+                )
+            )
         argv: list[bytes | int] = [self._hint_limit, 0]
-        argv.extend(chain.from_iterable(c.flat for c in piece))
+        argv.extend(entry_args(values, pxats))
         return keys, argv
 
     async def _send_node(self, node: str, chunks: list[_Chunk]) -> None:

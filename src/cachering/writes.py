@@ -66,15 +66,6 @@ def _ttl_ms(ttl: object) -> int:
     return max(1, math.ceil(seconds * 1000))
 
 
-def _interleave(stored: list[bytes], pxat: int, *head: int) -> list[Any]:
-    """``[*head, v1, pxat, v2, pxat, ...]`` built with slice assignments (C speed)."""
-    start = len(head)
-    out: list[Any] = [pxat] * (start + 2 * len(stored))
-    out[:start] = head
-    out[start::2] = stored
-    return out
-
-
 _StrSet = set[str]  # the class defines a method named ``set``
 
 
@@ -125,7 +116,7 @@ class Writes:
         stored = values.encode(self._clock.next(), data)
         if level == "one" and await self._write_one(raw, stored, pxat):
             return
-        await self._write([raw], [stored], pxat, level)
+        await self._write({raw: stored}, pxat, level)
 
     async def set_many(
         self,
@@ -154,7 +145,7 @@ class Writes:
         level, ms = self.level(consistency), _ttl_ms(ttl)
         self._ops["set_many"] += 1
         pxat = _wall_ms() + ms if ms else 0
-        await self._write(list(table), list(table.values()), pxat, level)
+        await self._write(table, pxat, level)
 
     async def delete(self, key: Key, consistency: Consistency | None) -> bool:
         """What :meth:`Cluster.delete <cachering.cluster.Cluster.delete>` does."""
@@ -201,7 +192,7 @@ class Writes:
         rkey = self._prefix + raw
         try:
             await self._pools[primary].run_script(
-                APPLY, (rkey,), (self.config.hint_limit, 0, stored, pxat)
+                APPLY, (rkey,), (self.config.hint_limit, 0, pxat, stored)
             )
         except (NodeUnavailable, ResponseError):
             return False  # the general path retries elsewhere (writes are idempotent)
@@ -219,96 +210,103 @@ class Writes:
     async def _delete(self, raws: list[bytes], level: str) -> int:
         tomb = values.header(self._clock.next(), tombstone=True)
         pxat = _wall_ms() + math.ceil(self.config.tombstone_ttl * 1000)
-        flags = await self._write(raws, [tomb] * len(raws), pxat, level)
-        return sum(1 for f in flags if f == 2)
+        return await self._write(dict.fromkeys(raws, tomb), pxat, level)
 
-    async def _write(
-        self, raws: list[bytes], stored: list[bytes], pxat: int, level: str
-    ) -> list[int]:
-        """Write every key at ``level``; returns per-key flags (0 stale, 1 new, 2 replaced)."""
+    async def _write(self, table: dict[bytes, bytes], pxat: int, level: str) -> int:
+        """Write every key (raw key -> stored value) at ``level``; returns how many keys
+        replaced a live value somewhere."""
         if level == "one":
             plain = self.router.plain()
             if plain is not None:
-                return await self._write_plain(raws, stored, pxat, *plain)
-        return await self._write_general(raws, stored, pxat, level)
+                return await self._write_plain(table, pxat, *plain)
+        flags = await self._write_general(list(table), list(table.values()), pxat, level)
+        return flags.count(2)
 
     async def _write_plain(
-        self, raws: list[bytes], stored: list[bytes], pxat: int, ring: Ring, copies: int
-    ) -> list[int]:
-        """Level ``one`` with every node healthy: the hot path of ``set_many``."""
-        n = len(raws)
-        prefix = self._prefix
-        rkeys = [prefix + r for r in raws]
-        prefs: list[tuple[str, ...]] | None = None
+        self, table: dict[bytes, bytes], pxat: int, ring: Ring, copies: int
+    ) -> int:
+        """Level ``one`` with every node healthy: the hot path of ``set_many``.
+
+        Keys are grouped with the ring's batch calls and every list is built with C-level
+        ``map``: the per-key Python work is what bounds a client's write throughput."""
+        prefix, value_of = self._prefix.__add__, table.__getitem__
+        raws = list(table)
+        # primary -> raw keys; with replicas, also (primary, replicas...) -> raw keys
+        by_pref: dict[tuple[str, ...], list[bytes]] = {}
         if copies == 1:
-            owners = ring.lookup_many(raws)
+            groups = ring.group_by_node(raws)
         else:
-            prefs = ring.preference_lists(raws, copies)
-            owners = [p[0] for p in prefs]
-        groups: dict[str, list[int]] = {}
-        for i, owner in enumerate(owners):
-            group = groups.get(owner)
-            if group is None:
-                groups[owner] = [i]
-            else:
-                group.append(i)
-        flags = [0] * n
-        failed: list[int] = []
+            for raw, pref in zip(raws, ring.preference_lists(raws, copies), strict=True):
+                group = by_pref.get(pref)
+                if group is None:
+                    by_pref[pref] = [raw]
+                else:
+                    group.append(raw)
+            groups = {}
+            for pref, members in by_pref.items():
+                group = groups.get(pref[0])
+                if group is None:
+                    groups[pref[0]] = list(members)
+                else:
+                    group.extend(members)
+        replaced = 0
+        failed: list[bytes] = []
+        lost: _StrSet = set()
         limit = self.config.hint_limit
 
-        async def call(node: str, idx: list[int]) -> None:
-            argv = _interleave([stored[i] for i in idx], pxat, limit, 0)
+        async def call(node: str, members: list[bytes]) -> None:
+            nonlocal replaced
             try:
-                reply = await self._pools[node].run_script(APPLY, [rkeys[i] for i in idx], argv)
+                reply = await self._pools[node].run_script(
+                    APPLY, list(map(prefix, members)), [limit, 0, pxat, *map(value_of, members)]
+                )
             except (NodeUnavailable, ResponseError) as exc:
                 if isinstance(exc, NodeUnavailable):
                     self._on_failure(node)
                 else:
                     self._errors[node] += 1
-                failed.extend(idx)
+                failed.extend(members)
+                lost.add(node)
                 return
-            for i, flag in zip(idx, reply, strict=True):
-                flags[i] = flag - 48
+            replaced += reply.count(b"2")
 
         if len(groups) == 1:
-            [(node, idx)] = groups.items()
-            await call(node, idx)
+            [(node, members)] = groups.items()
+            await call(node, members)
         else:
             async with anyio.create_task_group() as tg:
-                for node, idx in groups.items():
-                    tg.start_soon(call, node, idx)
+                for node, members in groups.items():
+                    tg.start_soon(call, node, members)
         if self.near is not None:
             self.near.invalidate(raws)
         if self.publisher is not None:
             self.publisher.note(raws)
-        lost: _StrSet = set()
         if failed:
             # the general path retries these around the failed node, with hints
-            failed.sort()
-            retry = await self._write_general(
-                [raws[i] for i in failed], [stored[i] for i in failed], pxat, "one"
-            )
-            for i, flag in zip(failed, retry, strict=True):
-                flags[i] = flag
-            lost = {owners[i] for i in failed}
-        if prefs is not None:
+            retry = await self._write_general(failed, list(map(value_of, failed)), pxat, "one")
+            replaced += retry.count(2)
+        if by_pref:
             assert self.sync is not None
-            for node, idx in groups.items():
-                if node in lost:
-                    continue
-                by_target: dict[str, list[int]] = {}
-                for i in idx:
-                    for target in prefs[i][1:]:
-                        ids = by_target.get(target)
-                        if ids is None:
-                            by_target[target] = [i]
-                        else:
-                            ids.append(i)
-                for target, ids in by_target.items():
-                    keys = [rkeys[i] for i in ids]
-                    flat = _interleave([stored[i] for i in ids], pxat)
-                    await self.sync.submit_flat(target, keys, flat, holder=node)
-        return flags
+            out: dict[tuple[str, str], list[bytes]] = {}
+            for pref, members in by_pref.items():
+                holder = pref[0]
+                if holder in lost:
+                    continue  # the general path planned and queued these keys
+                for target in pref[1:]:
+                    group = out.get((target, holder))
+                    if group is None:
+                        out[(target, holder)] = list(members)
+                    else:
+                        group.extend(members)
+            for (target, holder), members in out.items():
+                await self.sync.submit_values(
+                    target,
+                    list(map(prefix, members)),
+                    list(map(value_of, members)),
+                    pxat,
+                    holder=holder,
+                )
+        return replaced
 
     async def _write_general(
         self, raws: list[bytes], stored: list[bytes], pxat: int, level: str
@@ -358,9 +356,8 @@ class Writes:
                         argv.extend(hint_keys(self.config.namespace, m))
                         argv.append(len(members))
                         argv.extend(members)
-                for i in idx:
-                    argv.append(stored[i])
-                    argv.append(pxat)
+                argv.append(pxat)
+                argv.extend([stored[i] for i in idx])
                 try:
                     reply = await self._pools[node].run_script(APPLY, [rkeys[i] for i in idx], argv)
                 except (NodeUnavailable, ResponseError) as exc:
