@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import os
 from collections import defaultdict
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -50,7 +50,7 @@ from .resp import Pool, PubSub
 from .routing import Router
 from .sync import Synchronizer
 from .topology import Topology
-from .writes import APPLY, TTL, Key, Value, Writes, key_bytes
+from .writes import APPLY, TTL, Items, Key, Value, Writes, key_bytes
 
 __all__ = ["Cluster"]
 
@@ -477,7 +477,7 @@ class Cluster:
 
     async def set_many(
         self,
-        mapping: Mapping[Key, Value] | Iterable[tuple[Key, Value]],
+        mapping: Items,
         *,
         ttl: TTL = None,
         consistency: Consistency | None = None,

@@ -30,7 +30,7 @@ from .ring import Ring
 from .routing import Router
 from .sync import Entry, Synchronizer
 
-__all__ = ["APPLY", "TTL", "Key", "Value", "Writes", "key_bytes"]
+__all__ = ["APPLY", "TTL", "Items", "Key", "Value", "Writes", "key_bytes"]
 
 APPLY = Script(APPLY_SOURCE)
 """The apply-if-newer script every write and replica write runs."""
@@ -38,6 +38,11 @@ _LEVELS = ("one", "quorum", "all")
 Key = str | bytes | bytearray | memoryview
 Value = str | bytes | bytearray | memoryview
 TTL = int | float | timedelta | None
+# Mapping is invariant in its key type: name the common key types so that a plain
+# ``dict[str, bytes]`` is accepted as it is.
+Items = (
+    Mapping[str, Value] | Mapping[bytes, Value] | Mapping[Key, Value] | Iterable[tuple[Key, Value]]
+)
 
 
 def key_bytes(key: object) -> bytes:
@@ -120,7 +125,7 @@ class Writes:
 
     async def set_many(
         self,
-        mapping: Mapping[Key, Value] | Iterable[tuple[Key, Value]],
+        mapping: Items,
         ttl: TTL,
         consistency: Consistency | None,
     ) -> None:
