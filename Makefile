@@ -40,6 +40,7 @@ test: install redis-server  ## the whole suite: compiled ring, then the pure-Pyt
 
 test-c: install
 	$(PY) -c "import cachering.ring as r; assert r.IMPLEMENTATION == 'c', 'compiled ring did not load'"
+	$(PY) -c "import cachering.resp.connection as c; assert c.ENCODER == 'c', 'compiled encoder did not load'"
 	$(PYTEST) -q
 
 test-pure: install  ## the suite with CACHERING_NO_EXTENSIONS=1 (the pure-Python ring)

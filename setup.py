@@ -1,4 +1,4 @@
-"""Build the compiled ring, unless CACHERING_NO_EXTENSIONS is set or this is not CPython."""
+"""Build the compiled ring and RESP encoder, unless CACHERING_NO_EXTENSIONS is set or this is not CPython."""
 
 import os
 import platform
@@ -10,7 +10,7 @@ if not os.environ.get("CACHERING_NO_EXTENSIONS") and platform.python_implementat
     from Cython.Build import cythonize
 
     ext_modules = cythonize(
-        ["src/cachering/_ring_c.pyx"],
+        ["src/cachering/_ring_c.pyx", "src/cachering/_resp_c.pyx"],
         compiler_directives={"language_level": "3"},
     )
 

@@ -70,6 +70,7 @@ _PURE_MODULES = (
     "test_values",
     "test_config",
     "test_events",
+    "test_resp_encode",
 )
 
 

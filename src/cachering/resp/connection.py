@@ -16,6 +16,8 @@ command.
 from __future__ import annotations
 
 import contextlib
+import os
+import platform
 import socket
 import ssl
 from collections.abc import Callable, Sequence
@@ -30,14 +32,24 @@ from ..errors import NodeUnavailable, ProtocolError, ResponseError
 from ..node import NodeSpec
 from .script import Script
 
-__all__ = ["Arg", "Connection", "pack_command", "pack_commands"]
+__all__ = ["ENCODER", "Arg", "Connection", "pack_command", "pack_commands"]
 
 Arg: TypeAlias = bytes | str | int | float | memoryview
 """A command argument: ``str`` is sent UTF-8 encoded, numbers in decimal."""
 
 _RECEIVE_SIZE = 65536
-# hiredis' stub types the argument as a 1-tuple; it takes a tuple of any length.
-_pack: Callable[[tuple[Any, ...]], bytes] = hiredis.pack_command
+_pack: Callable[[tuple[Any, ...]], bytes]
+ENCODER: str
+"""Which command encoder runs: ``"c"`` (the compiled one) or ``"hiredis"``; same bytes."""
+if os.environ.get("CACHERING_NO_EXTENSIONS") or platform.python_implementation() != "CPython":
+    _pack, ENCODER = hiredis.pack_command, "hiredis"
+else:
+    try:
+        from .._resp_c import pack_command as _pack  # type: ignore[import-not-found,no-redef]
+
+        ENCODER = "c"
+    except ImportError:  # built without a compiler: hiredis encodes the same bytes
+        _pack, ENCODER = hiredis.pack_command, "hiredis"
 # The errors a broken socket can surface as, whatever the backend and TLS or not.
 _IO_ERRORS = (
     anyio.EndOfStream,
