@@ -114,13 +114,41 @@ class Writes:
 
     async def set(self, key: Key, value: Value, ttl: TTL, consistency: Consistency | None) -> None:
         """What :meth:`Cluster.set <cachering.cluster.Cluster.set>` does."""
-        raw, data = key_bytes(key), self.value(value)
-        level, ms = self.level(consistency), _ttl_ms(ttl)
+        # The common argument types are checked inline: a single write is latency-bound
+        # and every call and coroutine layer shows in its round trip.
+        raw = key.encode() if type(key) is str else key_bytes(key)
+        if type(value) is not bytes or len(value) > self.config.max_value_size:
+            value = self.value(value)
+        level = self.config.consistency if consistency is None else self.level(consistency)
+        ms = 0 if ttl is None else _ttl_ms(ttl)
         self._ops["set"] += 1
         pxat = _wall_ms() + ms if ms else 0
-        stored = values.encode(self._clock.next(), data)
-        if level == "one" and await self._write_one(raw, stored, pxat):
-            return
+        stored = values.encode(self._clock.next(), value)
+        if level == "one":
+            # Every home healthy: the primary takes the write, the synchronizer batches the
+            # replica writes. Otherwise, or if the primary fails, the general path retries
+            # around the failure (writes are idempotent).
+            targets, missed = self.router.write_plan(raw)
+            if not missed:
+                primary, rkey = targets[0], self._prefix + raw
+                try:
+                    await self._pools[primary].run_script(
+                        APPLY, (rkey,), (self.config.hint_limit, 0, pxat, stored)
+                    )
+                except (NodeUnavailable, ResponseError):
+                    pass
+                else:
+                    if self.near is not None:
+                        self.near.invalidate((raw,))
+                    if self.publisher is not None:
+                        self.publisher.note((raw,))
+                    if len(targets) > 1:
+                        assert self.sync is not None
+                        for node in targets[1:]:
+                            await self.sync.submit_values(
+                                node, [rkey], [stored], pxat, holder=primary
+                            )
+                    return
         await self._write({raw: stored}, pxat, level)
 
     async def set_many(
@@ -187,30 +215,6 @@ class Writes:
         if consistency not in _LEVELS:
             raise ValueError(f"consistency must be one of {_LEVELS}, got {consistency!r}")
         return str(consistency)
-
-    async def _write_one(self, raw: bytes, stored: bytes, pxat: int) -> bool:
-        """Fast path of a single write at level one; False to take the general path."""
-        targets, missed = self.router.write_plan(raw)
-        if missed:
-            return False
-        primary = targets[0]
-        rkey = self._prefix + raw
-        try:
-            await self._pools[primary].run_script(
-                APPLY, (rkey,), (self.config.hint_limit, 0, pxat, stored)
-            )
-        except (NodeUnavailable, ResponseError):
-            return False  # the general path retries elsewhere (writes are idempotent)
-        if self.near is not None:
-            self.near.invalidate((raw,))
-        if self.publisher is not None:
-            self.publisher.note((raw,))
-        if len(targets) > 1:
-            assert self.sync is not None
-            entry = [(rkey, stored, pxat)]
-            for node in targets[1:]:
-                await self.sync.submit(node, entry, holder=primary)
-        return True
 
     async def _delete(self, raws: list[bytes], level: str) -> int:
         tomb = values.header(self._clock.next(), tombstone=True)

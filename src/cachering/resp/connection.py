@@ -279,13 +279,14 @@ class Connection:
         if not isinstance(script, Script):
             raise TypeError(f"script must be a Script, got {type(script).__name__}")
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
-        deadline = None if timeout is None else anyio.current_time() + timeout
-        try:
-            return await self.execute(*command, timeout=timeout)
-        except ResponseError as exc:
-            if not str(exc).startswith("NOSCRIPT"):
-                raise
-        remaining = None if deadline is None else max(deadline - anyio.current_time(), 0.0)
+        started = monotonic()
+        # _call directly rather than execute(): one coroutine less on every write
+        reply = (await self._call(pack_command(command), 1, timeout))[0]
+        if not isinstance(reply, ResponseError):
+            return reply
+        if not str(reply).startswith("NOSCRIPT"):
+            raise reply
+        remaining = None if timeout is None else max(timeout - (monotonic() - started), 0.0)
         loaded, reply = await self.pipeline(
             [("SCRIPT", "LOAD", script.source), command],
             timeout=remaining,
