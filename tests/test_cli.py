@@ -85,7 +85,7 @@ def test_version() -> None:
         (["demo", "--bogus"], "unrecognized arguments"),
         (["status"], "node URL"),
         (["status", "redis://127.0.0.1:1", "--config", "x.toml"], "not both"),
-        (["status", "redis://127.0.0.1:1", "--watch", "-1"], "--watch"),
+        (["status", "redis://127.0.0.1:1", "--watch", "--interval", "-1"], "--interval"),
         (["local"], "SUBCOMMAND"),
         (["local", "up", "--nodes", "0"], "--nodes"),
         (["bench", "--keys", "ten"], "--keys"),
@@ -180,6 +180,46 @@ def test_status_unreachable_node_exits_1() -> None:
     assert report["nodes"][0]["reachable"] is False
     assert report["nodes"][0]["state"] == "unknown"  # no other node to tell its state
     assert report["nodes"][0]["error"]
+
+
+def test_status_watch_refreshes_until_sigint(local: LocalCluster) -> None:
+    # URLs after --watch: the flag takes no value, so they stay URLs
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cachering",
+            "status",
+            "--json",
+            "--watch",
+            *local.urls,
+            "--interval",
+            "0.2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    try:
+        assert proc.stdout is not None
+        reports = [json.loads(proc.stdout.readline()) for _ in range(3)]
+        assert all(r["ok"] for r in reports)
+        assert [[n["address"] for n in r["nodes"]] for r in reports] == [
+            [s.address for s in local.nodes]
+        ] * 3
+        # the control-channel tap listens the whole time and reports a growing window
+        windows = [r["control_messages"]["listened_s"] for r in reports]
+        assert windows == sorted(windows)
+        assert windows[-1] > windows[0]
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 # ------------------------------------------------------------------ local up

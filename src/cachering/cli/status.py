@@ -86,13 +86,14 @@ def configure(commands: Any) -> None:
         help="print one JSON object (with --watch: one object per line, per refresh)",
     )
     p.add_argument(
-        "--watch",
-        nargs="?",
+        "--watch", action="store_true", help="refresh every --interval seconds until Ctrl-C"
+    )
+    p.add_argument(
+        "--interval",
         type=_seconds,
-        const=2.0,
-        default=None,
+        default=2.0,
         metavar="SECONDS",
-        help="refresh every SECONDS (default 2) until Ctrl-C; give it after the URLs",
+        help="seconds between refreshes with --watch (default 2)",
     )
     p.set_defaults(run=run)
 
@@ -353,7 +354,8 @@ def render(report: dict[str, Any], style: Style) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Probe once (or every ``--watch`` seconds); exit code 1 if a node is unreachable."""
+    """Probe once (or every ``--interval`` seconds with ``--watch``); exit code 1 if a node
+    is unreachable."""
     config = load_config(
         args.urls,
         args.config,
@@ -362,7 +364,7 @@ def run(args: argparse.Namespace) -> int:
         connect_timeout=args.timeout,
     )
     style = Style()
-    if args.watch is None:
+    if not args.watch:
         report = anyio.run(_once, config, args.listen)
         if args.json:
             print_json(report)
@@ -370,7 +372,7 @@ def run(args: argparse.Namespace) -> int:
             for line in render(report, style):
                 style.write(line)
         return 0 if report["ok"] else 1
-    return _watch(config, args.watch, args.json, style)
+    return _watch(config, args.interval, args.json, style)
 
 
 async def _once(config: ClusterConfig, listen: float) -> dict[str, Any]:
