@@ -450,6 +450,25 @@ class Checker:
         lost = {c.id: c.metrics()["sync"]["hints_lost"] for c in [cluster]}
         assert not bad, f"copies differ: {bad[:5]}; hints lost {lost}; notes {self.h.notes}"
 
+    def only_on_homes(self, cluster: Cluster, clients: dict[str, redis.Redis]) -> None:
+        """No written key is left on a node that is not one of its homes (stand-ins drop
+        their copies once the homes hold them)."""
+        keys = sorted({op.key for op in self.h.ops if op.kind == "set"})
+        prefix = f"{cluster.config.namespace}:k:"
+        members = set(cluster.topology.ids)  # a removed node's server is no business of ours
+        strays = {}
+        for key in keys:
+            homes = set(cluster.preference_list(key))
+            extra = [
+                n
+                for n, c in clients.items()
+                if n in members and n not in homes and c.exists(prefix + key)
+            ]
+            if extra:
+                strays[key] = (sorted(homes), extra)
+        dropped = cluster.metrics()["control"]["stand_in_copies_dropped"]
+        assert not strays, f"copies outside their homes: {list(strays.items())[:5]}; {dropped=}"
+
     def same_topology_everywhere(
         self, clusters: Iterable[Cluster], clients: dict[str, redis.Redis], ns: str
     ) -> None:
@@ -481,6 +500,7 @@ async def check_all(
     # anti-entropy sweep has run after healing. A copy still wrong after that is a violation.
     await f.swept()
     await anyio.to_thread.run_sync(checker.copies_agree, lead, f.redis)
+    await anyio.to_thread.run_sync(checker.only_on_homes, lead, f.redis)
     await anyio.to_thread.run_sync(checker.same_topology_everywhere, f.live(), f.redis, f.ns)
     assert counts["reads"] > 0
     assert counts["writes"] > 0

@@ -14,6 +14,7 @@ from cachering.local import LocalCluster
 from cachering.repair import (
     anti_entropy,
     clear_node,
+    drop_stand_in_copies,
     overflowed,
     pending_hints,
     replay_hints,
@@ -111,6 +112,74 @@ async def test_replay_skips_a_silent_source_and_keeps_what_only_it_holds(
             c.close()
 
 
+async def test_replay_drops_stand_in_copies_once_every_home_has_them(
+    local: LocalCluster,
+) -> None:
+    """n2 stood in for n0: after the replay its copy goes, but only where every home
+    holds the same bytes, and never where n2 is a home itself."""
+    r = {n.id: redis.Redis(host=n.host, port=n.port) for n in local.nodes}
+    pools = {n.id: Pool(n) for n in local.nodes}
+    placed = {b"s1": ("n0", "n1"), b"s2": ("n0", "n1"), b"s3": ("n0", "n2")}
+
+    def homes(raws: list[bytes]) -> list[tuple[str, ...]]:
+        return [placed[raw] for raw in raws]
+
+    try:
+        later = int(time.time() * 1000) + 60_000
+        r["n1"].set(_k("s1"), _v(5, b"five"), pxat=later)
+        r["n2"].set(_k("s1"), _v(5, b"five"), pxat=later)  # a stand-in's copy
+        r["n1"].set(_k("s2"), _v(3, b"three"))  # the other home is behind: keep n2's
+        r["n2"].set(_k("s2"), _v(5, b"five"))
+        r["n2"].set(_k("s3"), _v(5, b"five"))  # n2 is a home of s3
+        r["n2"].sadd(f"{NS}:hint:n0", b"s1", b"s2", b"s3")
+        result = await replay_hints(
+            "n0", pools, NS, holders=["n1", "n2"], sources=["n1", "n2"], homes=homes
+        )
+        assert result.complete
+        assert result.replayed == 3
+        assert result.dropped == 1
+        assert r["n2"].get(_k("s1")) is None
+        assert r["n0"].get(_k("s1")) == r["n1"].get(_k("s1")) == _v(5, b"five")
+        assert r["n0"].execute_command("PEXPIRETIME", _k("s1")) == later  # type: ignore[no-untyped-call]
+        assert r["n2"].get(_k("s2")) == _v(5, b"five")
+        assert r["n2"].get(_k("s3")) == _v(5, b"five")
+    finally:
+        for pool in pools.values():
+            await pool.aclose()
+        for c in r.values():
+            c.close()
+
+
+async def test_stand_in_copy_kept_unless_every_home_answers(local: LocalCluster) -> None:
+    r = {n.id: redis.Redis(host=n.host, port=n.port) for n in local.nodes}
+    pools = {n.id: Pool(n) for n in local.nodes}
+    try:
+        for node in ("n0", "n1", "n2"):
+            r[node].set(_k("q"), _v(5, b"five"))
+        # a home this manager has no pool for cannot vouch for its copy
+        dropped = await drop_stand_in_copies(
+            "n2",
+            [b"q"],
+            pools,
+            NS,
+            homes=lambda raws: [("n0", "gone")] * len(raws),
+            timeout=1.0,
+        )
+        assert dropped == 0
+        assert r["n2"].get(_k("q")) == _v(5, b"five")
+        dropped = await drop_stand_in_copies(
+            "n2", [b"q"], pools, NS, homes=lambda raws: [("n0", "n1")] * len(raws), timeout=1.0
+        )
+        assert dropped == 1
+        assert r["n2"].get(_k("q")) is None
+        assert r["n0"].get(_k("q")) == r["n1"].get(_k("q")) == _v(5, b"five")
+    finally:
+        for pool in pools.values():
+            await pool.aclose()
+        for c in r.values():
+            c.close()
+
+
 async def test_overflow_clears_only_cachering_keys(local: LocalCluster) -> None:
     r = {n.id: redis.Redis(host=n.host, port=n.port) for n in local.nodes}
     pools = {n.id: Pool(n) for n in local.nodes}
@@ -177,9 +246,15 @@ async def test_anti_entropy_sweep_converges_diverged_copies(local: LocalCluster)
             else:  # already in agreement
                 for home in (first, second):
                     r[home].set(_k(name), _v(3, b"same"))
-        # a stand-in's copy (not a home) is never pushed
+        # a stand-in's copy (not a home) is never pushed; it stays while it is newer
+        # than a home's, and goes where every home holds the same version or a newer one
         stray = next(n for n in ids if n not in homes["key2"])
         r[stray].set(_k("key2"), _v(99, b"stand-in"))
+        gone = [n for n in names[2::3] if stray not in homes[n]][1:4]
+        for name in gone:
+            r[stray].set(_k(name), _v(3, b"same"))
+        stray_of_1 = next(n for n in ids if n not in homes["key1"])
+        r[stray_of_1].set(_k("key1"), _v(6, b"older than the delete"))
         result = await anti_entropy(
             pools,
             NS,
@@ -190,6 +265,10 @@ async def test_anti_entropy_sweep_converges_diverged_copies(local: LocalCluster)
         )
         assert result.complete, result.errors
         assert result.repaired == 200
+        assert r[stray].get(_k("key2")) == _v(99, b"stand-in")
+        assert all(r[stray].get(_k(name)) is None for name in gone)
+        # key1: one home had no copy when the stray was looked at, or both hold the newer
+        # tombstone: either way the stray never wins, and it is gone once both agree
         for i, name in enumerate(names):
             got = {
                 (r[h].get(_k(name)), r[h].execute_command("PEXPIRETIME", _k(name)))  # type: ignore[no-untyped-call]
@@ -204,6 +283,8 @@ async def test_anti_entropy_sweep_converges_diverged_copies(local: LocalCluster)
         again = await anti_entropy(pools, NS, sources=ids, targets=ids, homes=_homes(ring))
         assert again.complete
         assert again.repaired == 0
+        assert r[stray_of_1].get(_k("key1")) is None
+        assert result.dropped + again.dropped == len(gone) + 1
     finally:
         for pool in pools.values():
             await pool.aclose()

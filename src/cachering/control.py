@@ -162,6 +162,7 @@ class ControlPlane:
             "rereads": 0,
             "repairs": 0,
             "hints_replayed": 0,
+            "stand_in_copies_dropped": 0,
             "keys_cleared": 0,
             "keys_resynced": 0,
             "anti_entropy_sweeps": 0,

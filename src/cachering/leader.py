@@ -358,11 +358,13 @@ class LeaderDuties:
             self.host.config.namespace,
             holders=[h for h in holders if h in self._serving()],
             sources=[s for s in self._serving() if s != node],
+            homes=self._homes,
             hint_limit=self.host.config.hint_limit,
             timeout=timeout,
         )
         self.host.counters["repairs"] += 1
         self.host.counters["hints_replayed"] += result.replayed
+        self.host.counters["stand_in_copies_dropped"] += result.dropped
         if result.replayed or result.deleted:
             self.host.bus.publish(HintsReplayed(node=node, keys=result.replayed, cleared=False))
         return "done" if result.complete else "retry"
@@ -396,6 +398,7 @@ class LeaderDuties:
             timeout=max(self.host.config.timeout, self.host.round_timeout, 1.0),
         )
         self.host.counters["anti_entropy_repaired"] += result.repaired
+        self.host.counters["stand_in_copies_dropped"] += result.dropped
         if result.complete:
             self.host.counters["anti_entropy_sweeps"] += 1
         else:
@@ -431,10 +434,12 @@ class LeaderDuties:
                 self.host.config.namespace,
                 holders=serving,
                 sources=serving,
+                homes=self._homes,
                 hint_limit=self.host.config.hint_limit,
                 timeout=max(self.host.config.timeout, self.host.round_timeout),
             )
             self.host.counters["hints_replayed"] += result.replayed
+            self.host.counters["stand_in_copies_dropped"] += result.dropped
         finally:
             if self.repairs.get(node) == "draining":
                 del self.repairs[node]

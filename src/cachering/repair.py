@@ -58,6 +58,13 @@ _APPLY = Script(APPLY_SOURCE)
 _DELETE_IF_SAME = Script(
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 )
+# Deletes each key whose stored version (bytes 1..16) is still ARGV[i]; returns the count.
+_DELETE_IF_VERSION = Script(
+    "local n = 0 for i = 1, #KEYS do "
+    "local v = redis.pcall('GETRANGE', KEYS[i], 1, 16) "
+    "if v == ARGV[i] then n = n + redis.call('DEL', KEYS[i]) end "
+    "end return n"
+)
 _ERRORS = (NodeUnavailable, ResponseError, OSError)
 # Each key's stored value and absolute expiry in ms (-1: none, -2: no key). PEXPIRETIME
 # exists from Redis 7.0; before that PTTL plus the server's clock gives the same within a
@@ -102,6 +109,8 @@ class RepairResult:
     """Hinted keys that no other node holds any more, removed from the node."""
     cleared: int = 0
     """Keys deleted because the hints had overflowed."""
+    dropped: int = 0
+    """Stand-in copies deleted once every home of their key held the same value."""
     rounds: int = 0
     complete: bool = False
     """True when no hint for the node was left on any reachable holder."""
@@ -204,6 +213,7 @@ async def replay_hints(
     *,
     holders: Iterable[str],
     sources: Iterable[str] | None = None,
+    homes: Callable[[list[bytes]], list[tuple[str, ...]]] | None = None,
     hint_limit: int = 100_000,
     batch: int = 256,
     timeout: float = 1.0,  # noqa: ASYNC109
@@ -221,6 +231,10 @@ async def replay_hints(
     member is removed only when *every* source answered: a silent source may hold the
     newest copy. A claim left behind (a failed or interrupted replay) is replayed first
     next time.
+
+    With ``homes`` (each raw key's home nodes, as for :func:`resync_node`), a holder that
+    is not a home of a replayed key stood in for it: its copy is deleted once every home
+    holds the very same value (see :func:`drop_stand_in_copies`).
     """
     result = RepairResult(node)
     holder_ids = [h for h in dict.fromkeys(holders) if h != node and h in pools]
@@ -266,12 +280,91 @@ async def replay_hints(
                 progress = True
             except _ERRORS as exc:
                 result.errors.append(f"{holder}: {exc}")
+                continue
+            if homes is not None:
+                result.dropped += await drop_stand_in_copies(
+                    holder, handled, pools, namespace, homes=homes, timeout=timeout, result=result
+                )
         if not pending:
             result.complete = not unreachable
             return result
         if not progress:
             return result
     return result
+
+
+async def drop_stand_in_copies(
+    holder: str,
+    raws: Sequence[bytes],
+    pools: Mapping[str, Pool],
+    namespace: str,
+    *,
+    homes: Callable[[list[bytes]], list[tuple[str, ...]]],
+    timeout: float,  # noqa: ASYNC109
+    result: RepairResult | None = None,
+) -> int:
+    """Delete ``holder``'s copies of the keys ``raws`` that it is not a home of, where every
+    home holds the same version or a newer one; returns how many were deleted.
+
+    A stand-in takes the writes of a home that is away and keeps them after the hints are
+    replayed. Nothing reads it (reads go to homes only), so its copy is only memory, and a
+    stale copy if the ring ever made it a home. The delete is conditional on the stored
+    version being unchanged, so a write it took since (standing in again) is kept, and so
+    is every copy some home cannot vouch for (missing, older, or the home did not answer).
+    """
+    prefix = f"{namespace}:k:".encode()
+    keys, where = [], []
+    for raw, placed in zip(raws, homes(list(raws)), strict=True):
+        if holder not in placed:
+            keys.append(prefix + raw)
+            where.append(placed)
+    errors: list[str] = result.errors if result is not None else []
+    return await _drop_redundant(holder, keys, where, pools, timeout, errors)
+
+
+async def _drop_redundant(
+    holder: str,
+    keys: Sequence[bytes],
+    key_homes: Sequence[tuple[str, ...]],
+    pools: Mapping[str, Pool],
+    timeout: float,  # noqa: ASYNC109
+    errors: list[str],
+) -> int:
+    """Delete ``holder``'s copy of each key (not homed on it) that every home of the key
+    holds at the same or a newer version."""
+    if not keys:
+        return 0
+    try:
+        mine = await _headers(pools[holder], keys, timeout)
+        vouched = {i for i, v in enumerate(mine) if v is not None}
+        by_home: dict[str, list[int]] = {}
+        for i in vouched:
+            for home in key_homes[i]:
+                by_home.setdefault(home, []).append(i)
+        for home, idx in by_home.items():
+            pool = pools.get(home)
+            if pool is None:
+                vouched.difference_update(idx)
+                continue
+            theirs = await _headers(pool, [keys[i] for i in idx], timeout)
+            mine_v = [mine[i] for i in idx]
+            vouched.difference_update(
+                i
+                for i, v, m in zip(idx, theirs, mine_v, strict=True)
+                if v is None or m is None or v < m
+            )
+        if not vouched:
+            return 0
+        doomed = sorted(vouched)
+        versions = [mine[i] or b"" for i in doomed]
+        return int(
+            await pools[holder].run_script(
+                _DELETE_IF_VERSION, [keys[i] for i in doomed], versions, timeout=timeout
+            )
+        )
+    except _ERRORS as exc:
+        errors.append(f"{holder}: copies it held as a stand-in kept: {exc}")
+        return 0
 
 
 async def _read_copies(
@@ -417,6 +510,9 @@ class SweepResult:
     """Keys read on the nodes swept (each key once per node that holds it)."""
     repaired: int = 0
     """Home copies that were older or missing and got the newest version."""
+    dropped: int = 0
+    """Copies on nodes that are not a home of their key, deleted because every home held
+    the same version or a newer one."""
     complete: bool = False
     """True when every node was swept and every home copy answered."""
     errors: list[str] = attrs.Factory(list)
@@ -452,8 +548,9 @@ async def anti_entropy(
     version headers of the node and of the key's other homes among ``targets`` are read
     (one pipeline per node and batch), and the copies that are older or missing get the
     node's value and absolute expiry through apply-if-newer. Keys a node holds only as a
-    stand-in are not pushed: they may be older than a delete whose tombstone expired.
-    Memory is bounded by ``batch``; there is never a round trip per key.
+    stand-in are not pushed: they may be older than a delete whose tombstone expired; they
+    are deleted where every home holds the same version or a newer one. Memory is bounded
+    by ``batch``; there is never a round trip per key.
     """
     result = SweepResult()
     prefix = f"{namespace}:k:".encode()
@@ -504,6 +601,17 @@ async def _sweep_batch(
     """One scanned batch of ``source``: returns False if a home copy could not be fixed."""
     pool = pools[source]
     mine = [(k, h) for k, h in zip(keys, key_homes, strict=True) if source in h]
+    # copies this node holds without being a home (a stand-in's, or left by a ring
+    # change), where every home is writable and so can be asked
+    strays = [
+        (k, h)
+        for k, h in zip(keys, key_homes, strict=True)
+        if source not in h and all(x in writable for x in h)
+    ]
+    if strays:
+        result.dropped += await _drop_redundant(
+            source, [k for k, _ in strays], [h for _, h in strays], pools, timeout, result.errors
+        )
     if not mine:
         return True
     result.scanned += len(mine)
