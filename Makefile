@@ -9,7 +9,7 @@ PYTEST := $(PY) -m pytest
 STAMP := $(VENV)/.installed
 SEEDS ?= 50
 
-.PHONY: help install redis-server demo test test-c test-pure lint typecheck bench chaos wheel sdist clean
+.PHONY: help install redis-server demo test test-c test-pure lint typecheck bench reports chaos wheel sdist clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -55,6 +55,13 @@ typecheck: install  ## mypy --strict
 
 bench: install redis-server  ## every benchmark, ratios in one run
 	$(PY) -m pytest benchmarks --benchmark-enable --benchmark-columns=min,median,ops -p no:randomly -q
+
+reports: install redis-server  ## the README's benchmark tables: ring, transport, cluster, failover, Sentinel
+	$(PY) benchmarks/ring_report.py
+	$(PY) benchmarks/transport_report.py --pings 10000 --rounds 3
+	$(PY) benchmarks/cluster_report.py --rounds 5 --iterations 200
+	$(PY) benchmarks/failover_report.py --runs 20 --slow-runs 3
+	$(PY) benchmarks/sentinel_report.py --runs 5
 
 chaos: install redis-server  ## randomized fault schedules: make chaos SEEDS=200
 	CACHERING_CHAOS_SEEDS=$(SEEDS) $(PYTEST) -q tests/test_chaos.py

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -388,6 +390,15 @@ async def _once(config: ClusterConfig, listen: float) -> dict[str, Any]:
     return report
 
 
+async def _stop_on_signal(scope: anyio.CancelScope) -> None:
+    """Cancel ``scope`` on SIGINT or SIGTERM: the watch ends cleanly, whatever it was
+    awaiting (a cancelled host task can otherwise land in a shielded cleanup)."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            scope.cancel()
+            return
+
+
 def _watch(config: ClusterConfig, every: float, as_json: bool, style: Style) -> int:
     import json
 
@@ -399,6 +410,8 @@ def _watch(config: ClusterConfig, every: float, as_json: bool, style: Style) -> 
         tap = ControlTap(config)
         started = anyio.current_time()
         async with anyio.create_task_group() as tg:
+            if sys.platform != "win32":  # there Ctrl-C arrives as KeyboardInterrupt
+                tg.start_soon(_stop_on_signal, tg.cancel_scope)
             tg.start_soon(tap.run)
             while True:
                 report = await collect(config)
