@@ -10,11 +10,10 @@ import redis
 
 from cachering import local as local_mod
 from cachering import values
+from cachering.copies import drop_stand_in_copies
 from cachering.local import LocalCluster
 from cachering.repair import (
-    anti_entropy,
     clear_node,
-    drop_stand_in_copies,
     overflowed,
     pending_hints,
     replay_hints,
@@ -22,6 +21,7 @@ from cachering.repair import (
 )
 from cachering.resp.pool import Pool
 from cachering.ring import Ring
+from cachering.sweep import anti_entropy
 
 pytestmark = pytest.mark.anyio
 

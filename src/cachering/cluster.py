@@ -35,6 +35,7 @@ from anyio.abc import TaskGroup
 from . import values
 from .config import ClusterConfig, Consistency
 from .control import ControlPlane
+from .data_scripts import APPLY
 from .errors import NodeUnavailable, ResponseError
 from .events import EventBus, Subscription
 from .messages import Keyring, MessageCodec
@@ -50,7 +51,7 @@ from .resp import Pool, PubSub
 from .routing import Router
 from .sync import Synchronizer
 from .topology import Topology
-from .writes import APPLY, TTL, Items, Key, Value, Writes, key_bytes
+from .writes import TTL, Items, Key, Value, Writes, key_bytes
 
 __all__ = ["Cluster"]
 

@@ -70,9 +70,10 @@ from .health import HealthMonitor
 from .leader import LeaderDuties
 from .messages import ControlMessage, Keyring, MessageCodec, MessageKind, MessageRejected
 from .node import NodeSpec
-from .repair import SweepResult, pending_hints
+from .repair import pending_hints
 from .resp.pool import Pool
 from .resp.pubsub import PubSub
+from .sweep import SweepResult
 from .topology import Topology
 
 __all__ = ["ControlPlane", "NotLeader"]  # NotLeader lives in errors; re-exported here

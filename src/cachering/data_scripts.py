@@ -24,7 +24,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-__all__ = ["APPLY_SOURCE", "EACH", "HintGroup", "apply_args", "entry_args", "hint_keys"]
+from .resp.script import Script
+
+__all__ = ["APPLY", "APPLY_SOURCE", "EACH", "HintGroup", "apply_args", "entry_args", "hint_keys"]
 
 APPLY_SOURCE = r"""
 local limit = tonumber(ARGV[1])
@@ -127,6 +129,9 @@ end
 return table.concat(out)
 """
 """Source of the apply-if-newer write script."""
+
+APPLY = Script(APPLY_SOURCE)
+"""The apply-if-newer script every write, replica write and repair runs."""
 
 
 HintGroup = tuple[bytes, bytes, Sequence[bytes]]

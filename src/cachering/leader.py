@@ -24,8 +24,6 @@ from .health import HealthMonitor
 from .messages import MessageKind
 from .node import NodeSpec
 from .repair import (
-    SweepResult,
-    anti_entropy,
     clear_node,
     overflowed,
     pending_hints,
@@ -35,6 +33,7 @@ from .repair import (
 from .resp.pool import Pool
 from .resp.script import Script
 from .ring import Ring
+from .sweep import SweepResult, anti_entropy
 from .topology import NodeState, Topology, TopologyNode
 
 __all__ = ["ControlHost", "LeaderDuties"]

@@ -22,18 +22,16 @@ import anyio
 
 from . import values
 from .config import ClusterConfig, Consistency
-from .data_scripts import APPLY_SOURCE, HintGroup, apply_args, hint_keys
+from .data_scripts import APPLY, HintGroup, apply_args, hint_keys
 from .errors import ConsistencyError, NodeUnavailable, ResponseError
 from .nearcache import InvalidationPublisher, NearCache
-from .resp import Pool, Script
+from .resp import Pool
 from .ring import Ring
 from .routing import Router
 from .sync import Entry, Synchronizer
 
-__all__ = ["APPLY", "TTL", "Items", "Key", "Value", "Writes", "key_bytes"]
+__all__ = ["TTL", "Items", "Key", "Value", "Writes", "key_bytes"]
 
-APPLY = Script(APPLY_SOURCE)
-"""The apply-if-newer script every write and replica write runs."""
 _LEVELS = ("one", "quorum", "all")
 Key = str | bytes | bytearray | memoryview
 Value = str | bytes | bytearray | memoryview
