@@ -19,6 +19,7 @@ __all__ = [
     "APPLY",
     "DELETE_IF_SAME",
     "ERRORS",
+    "Homes",
     "drop_redundant",
     "drop_stand_in_copies",
     "read_copies",
@@ -37,6 +38,8 @@ _DELETE_IF_VERSION = Script(
     "if v == ARGV[i] then n = n + redis.call('DEL', KEYS[i]) end "
     "end return n"
 )
+Homes = Callable[[list[bytes]], list[tuple[str, ...]]]
+"""Gives each raw key's home nodes (its preference list on the ring in force)."""
 ERRORS = (NodeUnavailable, ResponseError, OSError)
 """What a node call can fail with; repair notes these and goes on."""
 # Each key's stored value and absolute expiry in ms (-1: none, -2: no key). PEXPIRETIME
@@ -113,7 +116,7 @@ async def drop_stand_in_copies(
     pools: Mapping[str, Pool],
     namespace: str,
     *,
-    homes: Callable[[list[bytes]], list[tuple[str, ...]]],
+    homes: Homes,
     timeout: float,
     errors: list[str] | None = None,
 ) -> int:

@@ -28,13 +28,21 @@ received directly (it is writable while recovering).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import anyio
 import attrs
 
-from .copies import APPLY, DELETE_IF_SAME, ERRORS, drop_stand_in_copies, read_copies, version_of
+from .copies import (
+    APPLY,
+    DELETE_IF_SAME,
+    ERRORS,
+    Homes,
+    drop_stand_in_copies,
+    read_copies,
+    version_of,
+)
 from .data_scripts import apply_args, hint_keys
 from .resp.pool import Pool
 from .resp.script import Script
@@ -158,7 +166,7 @@ async def replay_hints(
     *,
     holders: Iterable[str],
     sources: Iterable[str] | None = None,
-    homes: Callable[[list[bytes]], list[tuple[str, ...]]] | None = None,
+    homes: Homes | None = None,
     hint_limit: int = 100_000,
     batch: int = 256,
     timeout: float = 1.0,  # noqa: ASYNC109
@@ -307,7 +315,7 @@ async def resync_node(
     namespace: str,
     *,
     sources: Iterable[str],
-    homes: Callable[[list[bytes]], list[tuple[str, ...]]],
+    homes: Homes,
     hint_limit: int = 100_000,
     batch: int = 500,
     timeout: float = 5.0,  # noqa: ASYNC109

@@ -10,11 +10,11 @@ holds the same version or a newer one (see :func:`cachering.copies.drop_redundan
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 
-from .copies import APPLY, ERRORS, drop_redundant, read_copies, read_versions
+from .copies import APPLY, ERRORS, Homes, drop_redundant, read_copies, read_versions
 from .data_scripts import apply_args
 from .resp.pool import Pool
 
@@ -43,7 +43,7 @@ async def anti_entropy(
     *,
     sources: Iterable[str],
     targets: Iterable[str],
-    homes: Callable[[list[bytes]], list[tuple[str, ...]]],
+    homes: Homes,
     hint_limit: int = 100_000,
     batch: int = 500,
     timeout: float = 5.0,
