@@ -26,7 +26,7 @@ Leader duties (each heartbeat, on the leader only; :mod:`cachering.leader`)
 Anti-entropy (leader only)
     Every ``anti_entropy_interval`` seconds, and once whenever a node comes back up after
     recovery, the leader sweeps every up node and pushes the newest copy of each key to
-    the key's home copies that are behind (:func:`~cachering.repair.anti_entropy`): the
+    the key's home copies that are behind (:func:`~cachering.sweep.anti_entropy`): the
     backstop for what hints cannot cover (a write applied by a node whose reply was lost,
     a hint that could not be recorded, replica writes lost with a crashed manager).
 
@@ -542,7 +542,7 @@ class ControlPlane:
         return self._duties.last_sweep
 
     async def sweep(self) -> SweepResult:
-        """Run one anti-entropy sweep now (see :func:`~cachering.repair.anti_entropy`).
+        """Run one anti-entropy sweep now (see :func:`~cachering.sweep.anti_entropy`).
 
         Every up node is scanned and the newest copy of each key is pushed to the key's
         writable home copies that are behind. The leader runs this on its own; calling it
