@@ -34,13 +34,16 @@ __all__ = ["TTL", "Items", "Key", "Value", "Writes", "key_bytes"]
 
 _LEVELS = ("one", "quorum", "all")
 Key = str | bytes | bytearray | memoryview
+"""A key: str (stored UTF-8 encoded) or bytes-like."""
 Value = str | bytes | bytearray | memoryview
+"""A value: bytes-like, or str (stored UTF-8 encoded)."""
 TTL = int | float | timedelta | None
-# Mapping is invariant in its key type: name the common key types so that a plain
-# ``dict[str, bytes]`` is accepted as it is.
+"""A time to live in seconds or as a timedelta; None for no expiry."""
 Items = (
     Mapping[str, Value] | Mapping[bytes, Value] | Mapping[Key, Value] | Iterable[tuple[Key, Value]]
 )
+"""What ``set_many`` takes: a mapping or (key, value) pairs. Mapping is invariant in its
+key type, so the common key types are named and a plain ``dict[str, bytes]`` fits."""
 
 
 def key_bytes(key: object) -> bytes:
