@@ -62,10 +62,11 @@ async def _failover_once(f: Fleet, victim: int) -> float:
     return took
 
 
-async def _idle(runs: int) -> list[float]:
-    """Failover with no traffic: only the heartbeats can notice."""
+async def _idle(runs: int, ns: str = "bench-idle", **options: Any) -> list[float]:
+    """Failover with no traffic: only the heartbeats can notice (``options`` go to every
+    manager's config)."""
     times: list[float] = []
-    async with LocalCluster(3) as local, fleet(local, "bench-idle") as f:
+    async with LocalCluster(3) as local, fleet(local, ns, **options) as f:
         for i in range(3):
             await f.start(f"m{i}")
         await f.wait_leader()

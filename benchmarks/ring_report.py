@@ -9,13 +9,13 @@ import gc
 import random
 import string
 import sys
-import time
 import tracemalloc
 from collections.abc import Callable
 
 import uhashring
 
 from cachering import _ring_c, _ring_py
+from cachering.cli.bench import best_time
 
 _rnd = random.Random(20240229)
 KEYS = ["".join(_rnd.choices(string.ascii_letters + string.digits, k=16)) for _ in range(100_000)]
@@ -24,17 +24,6 @@ LOOP_KEYS = KEYS[:20_000]
 
 def names(count: int) -> list[str]:
     return [f"cache-{i}.example.net:6379" for i in range(count)]
-
-
-def best(fn: Callable[[], object], repeat: int = 5) -> float:
-    """Best wall time of ``repeat`` runs, in seconds."""
-    times = []
-    for _ in range(repeat):
-        gc.collect()
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def per_key_loop(fn: Callable[[str], object], keys: list[str]) -> Callable[[], None]:
@@ -52,7 +41,7 @@ def interleaved(
     result = {label: float("inf") for label in cases}
     for _ in range(rounds):
         for label, (fn, count) in cases.items():
-            result[label] = min(result[label], best(fn, 1) / count * 1e9)
+            result[label] = min(result[label], best_time(fn, 1) / count * 1e9)
     return result
 
 
@@ -93,7 +82,7 @@ def main() -> None:
         print(f"{label:<48} {ns:>9.1f}  {ratio:>8}")
 
     big = names(1000)
-    theirs_build = best(lambda: uhashring.HashRing(big), 5)
+    theirs_build = best_time(lambda: uhashring.HashRing(big), 5)
     print(f"\n{'build 1000 nodes x 160 vnodes':<48} {'ms':>9}  vs uhashring")
     print(f"{'uhashring':<48} {theirs_build * 1e3:>9.1f}  {'1.0x':>8}")
     for label, fn in (
@@ -101,7 +90,7 @@ def main() -> None:
         ("c ketama", lambda: _ring_c.Ring(big, hash="ketama")),
         ("py murmur3", lambda: _ring_py.Ring(big)),
     ):
-        t = best(fn, 5 if label.startswith("c") else 2)
+        t = best_time(fn, 5 if label.startswith("c") else 2)
         print(f"{label:<48} {t * 1e3:>9.1f}  {theirs_build / t:>7.1f}x")
 
     print(f"\n{'memory (100 nodes, 16,000 points)':<48} {'B/point':>9}")

@@ -32,9 +32,8 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from cachering.local import LocalCluster, _free_port, find_server
-from failover_harness import fleet
-from failover_report import _failover_once
+from cachering.local import _free_port, find_server
+from failover_report import _idle
 
 _QUIET: dict[str, Any] = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
 
@@ -127,16 +126,7 @@ def _sentinel_once(server: str, workdir: Path) -> float:
 
 
 async def _cachering(runs: int, heartbeat: float) -> list[float]:
-    times: list[float] = []
-    options = {"heartbeat_interval": heartbeat, "failure_threshold": 3}
-    async with LocalCluster(3) as local, fleet(local, "bench-vs-sentinel", **options) as f:
-        for i in range(3):
-            await f.start(f"m{i}")
-        await f.wait_leader()
-        await f.converged()
-        for run in range(runs):
-            times.append(await _failover_once(f, run % 3))
-    return times
+    return await _idle(runs, "bench-vs-sentinel", heartbeat_interval=heartbeat, failure_threshold=3)
 
 
 def main() -> None:

@@ -39,6 +39,32 @@ def cli(*args: str, timeout: float = 50) -> subprocess.CompletedProcess[str]:
     )
 
 
+@contextlib.contextmanager
+def running(*args: str) -> Iterator[subprocess.Popen[str]]:
+    """The CLI started in the background (text pipes); killed on exit if still running."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cachering", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def interrupt(proc: subprocess.Popen[str]) -> None:
+    """Ctrl-C: the command must end by itself, cleanly, with exit code 0."""
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+
+
 def assert_one_line_error(proc: subprocess.CompletedProcess[str], *fragments: str) -> None:
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -184,24 +210,8 @@ def test_status_unreachable_node_exits_1() -> None:
 
 def test_status_watch_refreshes_until_sigint(local: LocalCluster) -> None:
     # URLs after --watch: the flag takes no value, so they stay URLs
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cachering",
-            "status",
-            "--json",
-            "--watch",
-            *local.urls,
-            "--interval",
-            "0.2",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ENV,
-    )
-    try:
+    args = ["status", "--json", "--watch", *local.urls, "--interval", "0.2"]
+    with running(*args) as proc:
         assert proc.stdout is not None
         reports = [json.loads(proc.stdout.readline()) for _ in range(3)]
         assert all(r["ok"] for r in reports)
@@ -212,14 +222,7 @@ def test_status_watch_refreshes_until_sigint(local: LocalCluster) -> None:
         windows = [r["control_messages"]["listened_s"] for r in reports]
         assert windows == sorted(windows)
         assert windows[-1] > windows[0]
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=20)
-        assert proc.returncode == 0, err
-        assert "Traceback" not in err
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        interrupt(proc)
 
 
 # ------------------------------------------------------------------ local up
@@ -238,14 +241,7 @@ def _answers(port: int) -> bool:
 
 
 def test_local_up_runs_until_sigint_and_cleans_up() -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cachering", "local", "up", "--nodes", "2", "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ENV,
-    )
-    try:
+    with running("local", "up", "--nodes", "2", "--json") as proc:
         assert proc.stdout is not None
         text = ""
         for line in proc.stdout:
@@ -256,15 +252,8 @@ def test_local_up_runs_until_sigint_and_cleans_up() -> None:
         ports = [n["port"] for n in info["nodes"]]
         assert len(info["urls"]) == 2
         assert all(_answers(p) for p in ports)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=20)
-        assert proc.returncode == 0, err
-        assert "Traceback" not in err
+        interrupt(proc)
         assert not any(_answers(p) for p in ports)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
 
 
 # ------------------------------------------------------------------ bench and demo

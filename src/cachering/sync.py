@@ -111,15 +111,8 @@ class Synchronizer:
 
         ``holder`` is a node that took the same writes: hints go there if ``node`` fails.
         """
-        pxats = [e[2] for e in entries]
-        first = pxats[0] if pxats else 0
-        shared = all(p == first for p in pxats)
         await self._submit(
-            node,
-            [e[0] for e in entries],
-            [e[1] for e in entries],
-            first if shared else pxats,
-            holder,
+            node, [e[0] for e in entries], [e[1] for e in entries], [e[2] for e in entries], holder
         )
 
     async def submit_values(
@@ -257,9 +250,11 @@ class Synchronizer:
     def _command(self, piece: list[_Chunk]) -> tuple[list[bytes], list[bytes | int]]:
         keys = list(chain.from_iterable(c.keys for c in piece))
         values = list(chain.from_iterable(c.values for c in piece))
+        # One shared expiry when every chunk has the same one (the set_many hot path);
+        # otherwise one per key, which entry_args still sends shared if they all agree.
         first = piece[0].pxat
         pxats: int | list[int] = first
-        if not all(c.pxat == first for c in piece) or not isinstance(first, int):
+        if not isinstance(first, int) or any(c.pxat != first for c in piece):
             pxats = list(
                 chain.from_iterable(
                     [c.pxat] * len(c.keys) if isinstance(c.pxat, int) else c.pxat for c in piece

@@ -115,20 +115,16 @@ class Writes:
 
     async def set(self, key: Key, value: Value, ttl: TTL, consistency: Consistency | None) -> None:
         """What :meth:`Cluster.set <cachering.cluster.Cluster.set>` does."""
-        # The common argument types are checked inline: a single write is latency-bound
-        # and every call and coroutine layer shows in its round trip.
-        raw = key.encode() if type(key) is str else key_bytes(key)
-        if type(value) is not bytes or len(value) > self.config.max_value_size:
-            value = self.value(value)
-        level = self.config.consistency if consistency is None else self.level(consistency)
-        ms = 0 if ttl is None else _ttl_ms(ttl)
+        raw, data = key_bytes(key), self.value(value)
+        level, ms = self.level(consistency), _ttl_ms(ttl)
         self._ops["set"] += 1
         pxat = _wall_ms() + ms if ms else 0
-        stored = values.encode(self._clock.next(), value)
+        stored = values.encode(self._clock.next(), data)
         if level == "one":
             # Every home healthy: the primary takes the write, the synchronizer batches the
             # replica writes. Otherwise, or if the primary fails, the general path retries
-            # around the failure (writes are idempotent).
+            # around the failure (writes are idempotent). Inline rather than a helper: a
+            # single write is latency-bound, and each coroutine layer shows in it.
             targets, missed = self.router.write_plan(raw)
             if not missed:
                 primary, rkey = targets[0], self._prefix + raw
@@ -139,10 +135,7 @@ class Writes:
                 except (NodeUnavailable, ResponseError):
                     pass
                 else:
-                    if self.near is not None:
-                        self.near.invalidate((raw,))
-                    if self.publisher is not None:
-                        self.publisher.note((raw,))
+                    self._announce((raw,))
                     if len(targets) > 1:
                         assert self.sync is not None
                         for node in targets[1:]:
@@ -194,6 +187,13 @@ class Writes:
             raise ValueError("delete_many needs at least one key")
         self._ops["delete_many"] += 1
         return await self._delete(raws, self.level(consistency))
+
+    def _announce(self, raws: Iterable[bytes]) -> None:
+        """Tell this manager's near cache, and other managers', that ``raws`` were written."""
+        if self.near is not None:
+            self.near.invalidate(raws)
+        if self.publisher is not None:
+            self.publisher.note(raws)
 
     def value(self, value: object) -> bytes:
         """``value`` as bytes; TypeError or ValueError if it cannot be stored."""
@@ -287,10 +287,7 @@ class Writes:
             async with anyio.create_task_group() as tg:
                 for node, members in groups.items():
                     tg.start_soon(call, node, members)
-        if self.near is not None:
-            self.near.invalidate(raws)
-        if self.publisher is not None:
-            self.publisher.note(raws)
+        self._announce(raws)
         if failed:
             # the general path retries these around the failed node, with hints
             retry = await self._write_general(failed, list(map(value_of, failed)), pxat, "one")
@@ -469,10 +466,7 @@ class Writes:
         acked: list[tuple[str, ...]],
         level: str,
     ) -> None:
-        if self.near is not None:
-            self.near.invalidate(raws)
-        if self.publisher is not None:
-            self.publisher.note(raws)
+        self._announce(raws)
         if level != "one" or self.router.copies < 2:
             return
         assert self.sync is not None

@@ -28,7 +28,7 @@ from ..config import ClusterConfig
 from .args import int_in
 from .output import Style, UsageError, print_json, table
 
-__all__ = ["cluster_bench", "configure", "ring_bench", "run"]
+__all__ = ["best_time", "cluster_bench", "configure", "ring_bench", "run"]
 
 Progress = Callable[[str], None]
 
@@ -59,7 +59,8 @@ def configure(commands: Any) -> None:
     p.set_defaults(run=run)
 
 
-def _best(fn: Callable[[], object], repeat: int) -> float:
+def best_time(fn: Callable[[], object], repeat: int = 5) -> float:
+    """Best wall time of ``repeat`` calls of ``fn``, in seconds (a collection before each)."""
     times = []
     for _ in range(repeat):
         gc.collect()
@@ -119,22 +120,22 @@ def ring_bench(
             ("lookup", _loop(ring.lookup, small), len(small)),
         ):
             progress(f"ring {impl} {op}")
-            rows.append({"impl": impl, "op": op, "ns_per_key": _best(fn, reps) / n * 1e9})
+            rows.append({"impl": impl, "op": op, "ns_per_key": best_time(fn, reps) / n * 1e9})
     if uhashring is not None:
         progress("ring uhashring get_node")
         theirs = uhashring.HashRing(names)
-        t = _best(_loop(theirs.get_node, small), 3) / len(small) * 1e9
+        t = best_time(_loop(theirs.get_node, small), 3) / len(small) * 1e9
         rows.append({"impl": "uhashring", "op": "get_node", "ns_per_key": t})
     build: list[dict[str, Any]] = []
     big = [f"cache-{i}.example.net:6379" for i in range(build_nodes)]
     for impl, mod in impls:
         progress(f"build {impl}")
         reps = 3 if impl == "c" else 1
-        build.append({"impl": impl, "ms": _best(functools.partial(mod.Ring, big), reps) * 1e3})
+        build.append({"impl": impl, "ms": best_time(functools.partial(mod.Ring, big), reps) * 1e3})
     if uhashring is not None:
         progress("build uhashring")
         build_theirs = functools.partial(uhashring.HashRing, big)
-        build.append({"impl": "uhashring", "ms": _best(build_theirs, 2) * 1e3})
+        build.append({"impl": "uhashring", "ms": best_time(build_theirs, 2) * 1e3})
     base = next((r["ns_per_key"] for r in rows if r["impl"] == "uhashring"), None)
     py = {r["op"]: r["ns_per_key"] for r in rows if r["impl"] == "python"}
     for r in rows:
