@@ -254,6 +254,8 @@ def test_bad_key_types_raise_type_error(ring_impl: ModuleType, key: object) -> N
         ring.group_by_node([key])
     with pytest.raises(TypeError, match=name):
         ring.preference_list(key, 2)
+    with pytest.raises(TypeError, match=name):
+        ring.group_by_preference(["ok", key], 2)
 
 
 def test_empty_ring(ring_impl: ModuleType) -> None:
@@ -266,6 +268,7 @@ def test_empty_ring(ring_impl: ModuleType) -> None:
         lambda: ring.lookup_many(["k"]),
         lambda: ring.group_by_node(["k"]),
         lambda: ring.preference_list("k", 1),
+        lambda: ring.group_by_preference(["k"], 2),
     ):
         with pytest.raises(EmptyRingError):
             call()
@@ -334,6 +337,31 @@ def test_batch_calls_accept_any_iterable(ring_impl: ModuleType) -> None:
     assert ring.group_by_node(iter(keys)) == ring.group_by_node(keys)
     assert ring.group_by_node([]) == {}
     assert ring.preference_lists(iter(keys), 2) == [ring.preference_list(k, 2) for k in keys]
+    assert ring.group_by_preference(iter(keys), 2) == ring.group_by_preference(keys, 2)
+    assert ring.group_by_preference(tuple(keys), 2) == ring.group_by_preference(keys, 2)
+    assert ring.group_by_preference([], 2) == {}
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 9])
+def test_group_by_preference_matches_preference_lists(ring_impl: ModuleType, n: int) -> None:
+    ring = ring_impl.Ring({"a": 1, "b": 2, "c": 1, "d": 0.5})
+    keys = [f"k{i}" for i in range(500)] + [b"k1", bytearray(b"k2"), memoryview(b"k3")]
+    groups = ring.group_by_preference(keys, n)
+    expected: dict[tuple[str, ...], list[object]] = {}
+    for key, pref in zip(keys, ring.preference_lists(keys, n), strict=True):
+        expected.setdefault(pref, []).append(key)
+    # same lists, same order of first occurrence, the caller's objects in order
+    assert list(groups) == list(expected)
+    for pref, group in groups.items():
+        assert [id(k) for k in group] == [id(k) for k in expected[pref]]
+    assert all(len(pref) == min(n, 4) for pref in groups)
+
+
+def test_group_by_preference_checks_n(ring_impl: ModuleType) -> None:
+    ring = ring_impl.Ring(["a", "b"])
+    for bad in (0, -1, "2", 1.0):
+        with pytest.raises(ValueError, match="n: expected an int"):
+            ring.group_by_preference(["k"], bad)
 
 
 def test_group_by_node_keeps_caller_objects_and_order(ring_impl: ModuleType) -> None:

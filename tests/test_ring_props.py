@@ -58,6 +58,8 @@ def test_twins_agree(
     assert c_ring.lookup_many(ks) == py_ring.lookup_many(ks)
     assert c_ring.group_by_node(ks) == py_ring.group_by_node(ks)
     assert c_ring.preference_lists(ks, n) == py_ring.preference_lists(ks, n)
+    c_groups, py_groups = c_ring.group_by_preference(ks, n), py_ring.group_by_preference(ks, n)
+    assert list(c_groups.items()) == list(py_groups.items())
 
 
 @needs_c
@@ -90,6 +92,10 @@ def test_batch_calls_agree_with_lookup(
     for node, group in groups.items():
         assert all(ring.lookup(k) == node for k in group)
     assert sum(len(g) for g in groups.values()) == len(ks)
+    by_pref = ring.group_by_preference(ks, n)
+    for pref, group in by_pref.items():
+        assert all(ring.preference_list(k, n) == pref for k in group)
+    assert sum(len(g) for g in by_pref.values()) == len(ks)
 
 
 _keys = [f"key:{i}" for i in range(2000)]

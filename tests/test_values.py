@@ -133,6 +133,26 @@ def test_script_ties_broken_by_writer_id(server: redis.Redis) -> None:
     assert values.user_bytes(server.get(b"k")) == b"H"
 
 
+def test_script_orders_versions_at_every_byte(server: redis.Redis) -> None:
+    # versions that first differ at each of the 16 positions (clock and writer id), and
+    # an equal pair: the stored copy changes exactly when the incoming one is greater
+    rng = random.Random(3)
+    for position in range(17):
+        for _ in range(6):
+            a = bytearray(rng.randbytes(16))
+            b = bytearray(a)
+            if position < 16:
+                b[position] = rng.choice([x for x in range(256) if x != a[position]])
+                b[position + 1 :] = rng.randbytes(15 - position)
+            server.flushall()
+            _apply(server, [(b"k", values.encode(bytes(a), b"A"), 0)])
+            newer = bytes(b) > bytes(a)
+            assert _apply(server, [(b"k", values.encode(bytes(b), b"B"), 0)]) == (
+                "2" if newer else "0"
+            )
+            assert values.user_bytes(server.get(b"k")) == (b"B" if newer else b"A")
+
+
 def test_script_converges_in_any_order(server: redis.Redis) -> None:
     rng = random.Random(7)
     clocks = [values.HybridClock(bytes([i]) * 8, wall_ms=lambda: 42) for i in range(3)]

@@ -821,6 +821,76 @@ cdef class Ring:
             free(seen)
         return result
 
+    def group_by_preference(self, keys, n):
+        """Keys grouped by ``preference_list(key, n)``: the caller's key objects, in the
+        caller's order, under each distinct list in the order it first occurs."""
+        cdef Py_ssize_t count = _check_n(n), i, total, g
+        self._check_nonempty()
+        if type(keys) is not tuple and (type(keys) is not list or not _plain_keys(keys)):
+            keys = tuple(keys)  # hashing a plain list's keys runs no Python code
+        total = PySequence_Fast_GET_SIZE(keys)
+        cdef Py_ssize_t nn = len(self._names), npoints = self._npoints
+        cdef uint32_t mark = 0
+        cdef uint32_t* slot = <uint32_t*>malloc((total if total else 1) * sizeof(uint32_t))
+        cdef uint32_t* stamp = <uint32_t*>calloc(nn, sizeof(uint32_t))
+        # group id + 1 of the list each point starts (0: not walked yet)
+        cdef uint32_t* point_group = <uint32_t*>calloc(npoints, sizeof(uint32_t))
+        cdef Py_ssize_t* fill = NULL
+        cdef PyObject*** slots = NULL
+        cdef PyObject** items = PySequence_Fast_ITEMS(keys)
+        cdef PyObject* key
+        if slot == NULL or stamp == NULL or point_group == NULL:
+            free(slot)
+            free(stamp)
+            free(point_group)
+            raise MemoryError()
+        ids = {}
+        prefs = []
+        try:
+            self._hash_batch(keys, slot, 0, total)
+            self._point_indices(slot, total)
+            # Distinct points are few (at most the ring's size): the walk and the dict
+            # lookup run once per point, every key then costs an array read.
+            for i in range(total):
+                g = point_group[slot[i]]
+                if g == 0:
+                    mark += 1
+                    tup = self._walk(slot[i], count, stamp, mark)
+                    found = ids.get(tup)
+                    if found is None:
+                        prefs.append(tup)
+                        g = len(prefs)
+                        ids[tup] = g
+                    else:
+                        g = found
+                    point_group[slot[i]] = <uint32_t>g
+                slot[i] = <uint32_t>(g - 1)
+            g = len(prefs)
+            fill = <Py_ssize_t*>calloc(g if g else 1, sizeof(Py_ssize_t))
+            slots = <PyObject***>malloc((g if g else 1) * sizeof(PyObject**))
+            if fill == NULL or slots == NULL:
+                raise MemoryError()
+            for i in range(total):
+                fill[slot[i]] += 1
+            groups = [None] * g
+            for i in range(g):
+                group = PyList_New(fill[i])
+                groups[i] = group
+                slots[i] = PySequence_Fast_ITEMS(group)
+            # Nothing below can fail or run Python code; the lists take the references.
+            for i in range(total):
+                key = items[i]
+                Py_INCREF(<object>key)
+                slots[slot[i]][0] = key
+                slots[slot[i]] += 1
+        finally:
+            free(slot)
+            free(stamp)
+            free(point_group)
+            free(fill)
+            free(slots)
+        return dict(zip(prefs, groups))
+
     def group_by_node(self, keys):
         """Keys grouped by owner: the caller's key objects, in the caller's order.
 

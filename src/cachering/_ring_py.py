@@ -313,6 +313,23 @@ class Ring:
         n = _check_n(n)
         return [self._walk(self._index(key), n) for key in keys]
 
+    def group_by_preference(self, keys: Iterable[Key], n: int) -> dict[tuple[str, ...], list[Any]]:
+        """Keys grouped by ``preference_list(key, n)``: the caller's key objects, in the
+        caller's order, under each distinct list in the order it first occurs."""
+        n = _check_n(n)
+        if not self._points:
+            raise EmptyRingError("lookup on a ring with no nodes")
+        groups: dict[tuple[str, ...], list[Any]] = {}
+        walked: dict[int, list[Any]] = {}  # each point's list is walked once
+        index, walk = self._index, self._walk
+        for key in keys:
+            point = index(key)
+            group = walked.get(point)
+            if group is None:
+                group = walked[point] = groups.setdefault(walk(point, n), [])
+            group.append(key)
+        return groups
+
     def group_by_node(self, keys: Iterable[Key]) -> dict[str, list[Any]]:
         """Keys grouped by owner: the caller's key objects, in the caller's order.
 

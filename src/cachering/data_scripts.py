@@ -70,28 +70,26 @@ for i = 1, n do
   local c = p and ARGV[v + step * p] or cur[i]
   local apply, live = true, false
   if c and #c >= 18 and byte(c, 1) == 1 then
-    -- the version is bytes 2..17, big-endian: the first differing byte decides
-    local c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15, c16, c17 =
-      byte(c, 2, 18)
-    local v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, v11, v12, v13, v14, v15, v16 =
-      byte(val, 2, 17)
-    live = c17 % 2 == 0
-    if v1 ~= c1 then apply = v1 > c1
-    elseif v2 ~= c2 then apply = v2 > c2
-    elseif v3 ~= c3 then apply = v3 > c3
-    elseif v4 ~= c4 then apply = v4 > c4
-    elseif v5 ~= c5 then apply = v5 > c5
-    elseif v6 ~= c6 then apply = v6 > c6
-    elseif v7 ~= c7 then apply = v7 > c7
-    elseif v8 ~= c8 then apply = v8 > c8
-    elseif v9 ~= c9 then apply = v9 > c9
-    elseif v10 ~= c10 then apply = v10 > c10
-    elseif v11 ~= c11 then apply = v11 > c11
-    elseif v12 ~= c12 then apply = v12 > c12
-    elseif v13 ~= c13 then apply = v13 > c13
-    elseif v14 ~= c14 then apply = v14 > c14
-    elseif v15 ~= c15 then apply = v15 > c15
-    else apply = v16 > c16 end
+    -- the version is bytes 2..17, big-endian: the first differing byte decides. The
+    -- clock (2..9) nearly always differs, so the writer id (10..17) is read only on a tie
+    local c1, c2, c3, c4, c5, c6, c7, c8 = byte(c, 2, 9)
+    local v1, v2, v3, v4, v5, v6, v7, v8 = byte(val, 2, 9)
+    live = byte(c, 18) % 2 == 0
+    for half = 1, 2 do
+      if v1 ~= c1 then apply = v1 > c1 break
+      elseif v2 ~= c2 then apply = v2 > c2 break
+      elseif v3 ~= c3 then apply = v3 > c3 break
+      elseif v4 ~= c4 then apply = v4 > c4 break
+      elseif v5 ~= c5 then apply = v5 > c5 break
+      elseif v6 ~= c6 then apply = v6 > c6 break
+      elseif v7 ~= c7 then apply = v7 > c7 break
+      elseif v8 ~= c8 then apply = v8 > c8 break
+      elseif half == 2 then apply = false -- the same version: keep the stored copy
+      else
+        c1, c2, c3, c4, c5, c6, c7, c8 = byte(c, 10, 17)
+        v1, v2, v3, v4, v5, v6, v7, v8 = byte(val, 10, 17)
+      end
+    end
   end
   if apply then
     last[key] = i

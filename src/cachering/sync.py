@@ -119,7 +119,10 @@ class Synchronizer:
         self, node: str, keys: list[bytes], values: list[bytes], pxat: int, *, holder: str
     ) -> None:
         """:meth:`submit` for values that share one absolute expiry ``pxat`` (0: none),
-        already laid out as the script takes them (what the cluster's hot path builds)."""
+        already laid out as the script takes them (what the cluster's hot path builds).
+
+        The lists are kept as they are until the write completes: the caller must not
+        change them (the same lists may be handed over for several nodes)."""
         await self._submit(node, keys, values, pxat, holder)
 
     async def _submit(
@@ -133,11 +136,15 @@ class Synchronizer:
         if self._closed:
             raise RuntimeError("the synchronizer is closed")
         step = self._batch_size
-        for start in range(0, len(keys), step):
+        n = len(keys)
+        for start in range(0, n, step):
             while self._pending_count >= self._queue_size:
                 if self._space.is_set():
                     self._space = anyio.Event()
                 await self._space.wait()
+            if n <= step:  # the usual case: keep the caller's lists, copy nothing
+                self._accept(_Chunk(node, holder, keys, values, pxat))
+                return
             end = start + step
             self._accept(
                 _Chunk(
@@ -247,29 +254,33 @@ class Synchronizer:
             size += n
         return pieces
 
-    def _command(self, piece: list[_Chunk]) -> tuple[list[bytes], list[bytes | int]]:
-        keys = list(chain.from_iterable(c.keys for c in piece))
-        values = list(chain.from_iterable(c.values for c in piece))
+    def _command(self, piece: list[_Chunk]) -> list[Any]:
+        """One ``EVALSHA`` of ``APPLY`` writing every entry of ``piece``."""
+        command: list[Any] = ["EVALSHA", self._script.sha, 0]
+        for chunk in piece:
+            command += chunk.keys
+        command[2] = len(command) - 3
         # One shared expiry when every chunk has the same one (the set_many hot path);
         # otherwise one per key, which entry_args still sends shared if they all agree.
         first = piece[0].pxat
-        pxats: int | list[int] = first
-        if not isinstance(first, int) or any(c.pxat != first for c in piece):
-            pxats = list(
-                chain.from_iterable(
-                    [c.pxat] * len(c.keys) if isinstance(c.pxat, int) else c.pxat for c in piece
-                )
+        if isinstance(first, int) and all(c.pxat == first for c in piece):
+            command += (self._hint_limit, 0, first)
+            for chunk in piece:
+                command += chunk.values
+            return command
+        values = list(chain.from_iterable(c.values for c in piece))
+        pxats = list(
+            chain.from_iterable(
+                [c.pxat] * len(c.keys) if isinstance(c.pxat, int) else c.pxat for c in piece
             )
-        argv: list[bytes | int] = [self._hint_limit, 0]
-        argv.extend(entry_args(values, pxats))
-        return keys, argv
+        )
+        command += (self._hint_limit, 0)
+        command += entry_args(values, pxats)
+        return command
 
     async def _send_node(self, node: str, chunks: list[_Chunk]) -> None:
         pieces = self._pieces(chunks)
-        commands: list[list[Any]] = []
-        for piece in pieces:
-            keys, argv = self._command(piece)
-            commands.append(["EVALSHA", self._script.sha, len(keys), *keys, *argv])
+        commands = [self._command(piece) for piece in pieces]
         self.stats.batches += len(pieces)
         pool = self._pools.get(node)
         if pool is None:  # routed to a node this cluster has no pool for
@@ -279,9 +290,10 @@ class Synchronizer:
             replies = await pool.pipeline(commands, timeout=self._timeout, raise_on_error=False)
             for i, reply in enumerate(replies):
                 if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"):
-                    keys, argv = self._command(pieces[i])
+                    command = commands[i]
+                    keys = command[3 : 3 + command[2]]
                     replies[i] = await pool.run_script(
-                        self._script, keys, argv, timeout=self._timeout
+                        self._script, keys, command[3 + command[2] :], timeout=self._timeout
                     )
         except NodeUnavailable:
             self._on_failure(node)

@@ -237,39 +237,41 @@ class Writes:
     ) -> int:
         """Level ``one`` with every node healthy: the hot path of ``set_many``.
 
-        Keys are grouped with the ring's batch calls and every list is built with C-level
-        ``map``: the per-key Python work is what bounds a client's write throughput."""
+        Keys are grouped with the ring's batch calls, and each group's Redis keys and
+        values are built once with C-level ``map``, then shared by the primary's script
+        call and the replica writes: the per-key Python work is what bounds a client's
+        write throughput."""
         prefix, value_of = self._prefix.__add__, table.__getitem__
         raws = list(table)
-        # primary -> raw keys; with replicas, also (primary, replicas...) -> raw keys
-        by_pref: dict[tuple[str, ...], list[bytes]] = {}
+        # node -> (raw keys, Redis keys, stored values) of the keys it is primary for
+        calls: dict[str, tuple[list[bytes], list[bytes], list[bytes]]] = {}
+        # (primary, replicas...) -> (Redis keys, stored values)
+        shared: list[tuple[tuple[str, ...], list[bytes], list[bytes]]] = []
         if copies == 1:
-            groups = ring.group_by_node(raws)
+            for node, members in ring.group_by_node(raws).items():
+                calls[node] = (members, list(map(prefix, members)), list(map(value_of, members)))
         else:
-            for raw, pref in zip(raws, ring.preference_lists(raws, copies), strict=True):
-                group = by_pref.get(pref)
+            for pref, members in ring.group_by_preference(raws, copies).items():
+                rkeys, stored = list(map(prefix, members)), list(map(value_of, members))
+                shared.append((pref, rkeys, stored))
+                group = calls.get(pref[0])
                 if group is None:
-                    by_pref[pref] = [raw]
+                    calls[pref[0]] = (list(members), list(rkeys), list(stored))
                 else:
-                    group.append(raw)
-            groups = {}
-            for pref, members in by_pref.items():
-                group = groups.get(pref[0])
-                if group is None:
-                    groups[pref[0]] = list(members)
-                else:
-                    group.extend(members)
+                    group[0].extend(members)
+                    group[1].extend(rkeys)
+                    group[2].extend(stored)
         replaced = 0
         failed: list[bytes] = []
         lost: _StrSet = set()
         limit = self.config.hint_limit
 
-        async def call(node: str, members: list[bytes]) -> None:
+        async def call(
+            node: str, members: list[bytes], rkeys: list[bytes], stored: list[bytes]
+        ) -> None:
             nonlocal replaced
             try:
-                reply = await self._pools[node].run_script(
-                    APPLY, list(map(prefix, members)), [limit, 0, pxat, *map(value_of, members)]
-                )
+                reply = await self._pools[node].run_script(APPLY, rkeys, [limit, 0, pxat, *stored])
             except (NodeUnavailable, ResponseError) as exc:
                 if isinstance(exc, NodeUnavailable):
                     self._on_failure(node)
@@ -280,39 +282,27 @@ class Writes:
                 return
             replaced += reply.count(b"2")
 
-        if len(groups) == 1:
-            [(node, members)] = groups.items()
-            await call(node, members)
+        if len(calls) == 1:
+            [(node, group)] = calls.items()
+            await call(node, *group)
         else:
             async with anyio.create_task_group() as tg:
-                for node, members in groups.items():
-                    tg.start_soon(call, node, members)
+                for node, group in calls.items():
+                    tg.start_soon(call, node, *group)
         self._announce(raws)
         if failed:
             # the general path retries these around the failed node, with hints
             retry = await self._write_general(failed, list(map(value_of, failed)), pxat, "one")
             replaced += retry.count(2)
-        if by_pref:
+        if shared:
             assert self.sync is not None
-            out: dict[tuple[str, str], list[bytes]] = {}
-            for pref, members in by_pref.items():
+            for pref, rkeys, stored in shared:
                 holder = pref[0]
                 if holder in lost:
                     continue  # the general path planned and queued these keys
                 for target in pref[1:]:
-                    group = out.get((target, holder))
-                    if group is None:
-                        out[(target, holder)] = list(members)
-                    else:
-                        group.extend(members)
-            for (target, holder), members in out.items():
-                await self.sync.submit_values(
-                    target,
-                    list(map(prefix, members)),
-                    list(map(value_of, members)),
-                    pxat,
-                    holder=holder,
-                )
+                    # the synchronizer packs these chunks into its per-node batches
+                    await self.sync.submit_values(target, rkeys, stored, pxat, holder=holder)
         return replaced
 
     async def _write_general(
