@@ -106,3 +106,71 @@ async def test_exit_gives_up_after_the_shutdown_timeout(local: LocalCluster, ns:
     stats = cluster.metrics()["sync"]
     assert stats["replica_writes_abandoned"] == 10
     assert stats["queue_depth"] == 0
+
+
+async def test_set_many_replica_writes_ride_in_the_primary_calls(
+    local: LocalCluster, inspect: Inspector, ns: str
+) -> None:
+    # A long interval: only writes that rode in set_many's own calls are stored before
+    # flush(). Every node is primary for some of 600 keys, so every replica write rides.
+    async with Cluster(config(local.nodes, ns, sync_flush_interval=30.0)) as cluster:
+        keys = [f"i{i}" for i in range(600)]
+        await cluster.set_many(dict.fromkeys(keys, b"v"), ttl=60)
+        sync = cluster.metrics()["sync"]
+        assert sync["inline"] == sync["submitted"] == sync["replica_writes_applied"] == 600
+        assert sync["queue_depth"] == 0
+        assert sync["batches_flushed"] == 0
+        for key in keys:
+            home = cluster.preference_list(key)
+            assert inspect.holders(ns, key) == set(home)
+            assert len({inspect.expiretime(node, ns, key) for node in home}) == 1
+        # one key: its replica node gets no call of its own, the synchronizer takes it
+        await cluster.set_many({"alone": b"w"})
+        sync = cluster.metrics()["sync"]
+        assert sync["inline"] == 600
+        assert sync["queue_depth"] == 1
+        await cluster.flush()
+        assert inspect.holders(ns, "alone") == set(cluster.preference_list("alone"))
+        assert cluster.metrics()["sync"]["replica_writes_applied"] == 601
+
+
+async def test_set_many_without_inline_replica_writes(
+    local: LocalCluster, inspect: Inspector, ns: str
+) -> None:
+    cfg = config(local.nodes, ns, sync_flush_interval=30.0, sync_inline=False)
+    async with Cluster(cfg) as cluster:
+        keys = [f"q{i}" for i in range(300)]
+        await cluster.set_many(dict.fromkeys(keys, b"v"))
+        sync = cluster.metrics()["sync"]
+        assert sync["inline"] == 0
+        assert sync["queue_depth"] == 300
+        # only the primary copies are written until the synchronizer flushes
+        assert all(inspect.holders(ns, k) == {cluster.node_for(k)} for k in keys)
+        await cluster.flush()
+        assert all(inspect.holders(ns, k) == set(cluster.preference_list(k)) for k in keys)
+        assert cluster.metrics()["sync"]["replica_writes_applied"] == 300
+
+
+async def test_riders_of_a_failed_call_are_hinted(
+    local: LocalCluster, inspect: Inspector, ns: str
+) -> None:
+    cfg = config(local.nodes, ns, timeout=0.3, node_backoff=0)
+    async with Cluster(cfg) as cluster:
+        keys = [f"f{i}" for i in range(300)]
+        prefs = {k: cluster.preference_list(k) for k in keys}
+        riders = {k for k, p in prefs.items() if p[1] == "n1"}
+        assert riders
+        local.pause(1)
+        await cluster.set_many(dict.fromkeys(keys, b"v"))
+        await cluster.flush()
+        # n1's call timed out: its replica writes were retried by the synchronizer,
+        # counted as dropped and left as hints on each key's primary
+        sync = cluster.metrics()["sync"]
+        assert sync["replica_writes_dropped"] == len(riders)
+        for key in riders:
+            assert key.encode() in inspect.hints(prefs[key][0], ns, "n1")
+            assert inspect.holders(ns, key, skip={"n1"}) == {prefs[key][0]}
+        # n1's own keys fell back to their other home, which remembers what n1 missed
+        for key in (k for k, p in prefs.items() if p[0] == "n1"):
+            assert inspect.holders(ns, key, skip={"n1"}) == {prefs[key][1]}
+            assert key.encode() in inspect.hints(prefs[key][1], ns, "n1")

@@ -546,6 +546,7 @@ class Cluster:
             "sync": {
                 "queue_depth": self._sync.depth if self._sync is not None else 0,
                 "submitted": s.submitted if s else 0,
+                "inline": s.inline if s else 0,
                 "batches_flushed": s.batches if s else 0,
                 "flushes": s.flushes if s else 0,
                 "replica_writes_applied": s.applied if s else 0,

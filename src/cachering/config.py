@@ -186,6 +186,11 @@ class ClusterConfig:
         ``sync_batch_size``: replica writes per script call. ``sync_flush_interval``:
         longest wait before a partial batch is sent. ``sync_queue_size``: most replica
         writes held in memory; ``submit`` waits (backpressure) beyond it.
+        ``sync_inline``: ``set_many`` at level ``one`` writes a replica copy in the
+        script call that its node gets anyway for the keys it is primary for (one round
+        trip per node, replicas current when the call returns; the call waits for no
+        other node than without it); False sends every replica write through the
+        synchronizer, so ``set_many`` returns once the primary copies are written.
         ``sync_shutdown_timeout``: how long ``Cluster`` exit waits to flush pending
         batches. ``tombstone_ttl``: how long a delete is remembered so that a late, older
         replica write cannot bring the key back. ``hint_limit``: most keys recorded for
@@ -237,6 +242,7 @@ class ClusterConfig:
     )
     sync_flush_interval: float = attrs.field(default=0.005, kw_only=True, validator=_seconds(0))
     sync_queue_size: int = attrs.field(default=100_000, kw_only=True, validator=_int_at_least(1))
+    sync_inline: bool = attrs.field(default=True, kw_only=True, validator=_check_flag)
     sync_shutdown_timeout: float = attrs.field(
         default=5.0, kw_only=True, validator=_seconds(0, inclusive=True)
     )

@@ -75,6 +75,12 @@ KNOWN: tuple[MetricSpec, ...] = (
         "counter",
         "Replica writes queued.",
     ),
+    MetricSpec(
+        _SYNC + "inline",
+        "cachering_replica_writes_inline",
+        "counter",
+        "Replica writes sent in a set_many's call to their node (counted in submitted).",
+    ),
     *(
         MetricSpec(
             f"{_SYNC}replica_writes_{outcome}",

@@ -48,6 +48,7 @@ class SyncStats:
     hints_recorded: int = 0
     hints_lost: int = 0
     abandoned: int = 0
+    inline: int = 0
 
 
 @attrs.define
@@ -167,6 +168,15 @@ class Synchronizer:
             self._wake.set()
         elif self._idle:
             self._wake.set()
+
+    def record_inline(self, count: int, stale: int) -> None:
+        """Count ``count`` replica writes that a writer sent itself, in the script call it
+        made to their node anyway (``stale`` of them found a copy as new or newer)."""
+        self.stats.submitted += count
+        self.stats.inline += count
+        self.stats.applied += count - stale
+        self.stats.stale += stale
+        self._complete(count)
 
     async def flush(self) -> None:
         """Wait until every write submitted before this call has been completed."""

@@ -16,7 +16,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 
@@ -77,6 +77,40 @@ _StrSet = set[str]  # the class defines a method named ``set``
 
 def _wall_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+class _Segment(NamedTuple):
+    """Replica writes of one preference group for one node."""
+
+    target: str
+    holder: str  # the group's primary: hints go there if the target misses the writes
+    rkeys: list[bytes]
+    stored: list[bytes]
+
+
+class _Call:
+    """One node's script call in ``set_many``: its primary keys first, then the replica
+    writes that ride along (``riders``)."""
+
+    __slots__ = ("members", "riders", "rkeys", "stored")
+
+    def __init__(self, members: list[bytes], rkeys: list[bytes], stored: list[bytes]) -> None:
+        self.members = members  # raw keys this node is primary for
+        self.rkeys = rkeys
+        self.stored = stored
+        self.riders: list[_Segment] = []
+
+    def add(self, members: list[bytes], rkeys: list[bytes], stored: list[bytes]) -> None:
+        """More primary keys."""
+        self.members += members
+        self.rkeys += rkeys
+        self.stored += stored
+
+    def board(self) -> None:
+        """Append the riders' keys and values after the primary ones."""
+        for segment in self.riders:
+            self.rkeys += segment.rkeys
+            self.stored += segment.stored
 
 
 class Writes:
@@ -240,69 +274,92 @@ class Writes:
         Keys are grouped with the ring's batch calls, and each group's Redis keys and
         values are built once with C-level ``map``, then shared by the primary's script
         call and the replica writes: the per-key Python work is what bounds a client's
-        write throughput."""
+        write throughput. A replica write whose node is already called for primary
+        copies rides in that call (``sync_inline``); the synchronizer takes the rest."""
         prefix, value_of = self._prefix.__add__, table.__getitem__
         raws = list(table)
-        # node -> (raw keys, Redis keys, stored values) of the keys it is primary for
-        calls: dict[str, tuple[list[bytes], list[bytes], list[bytes]]] = {}
-        # (primary, replicas...) -> (Redis keys, stored values)
-        shared: list[tuple[tuple[str, ...], list[bytes], list[bytes]]] = []
+        calls: dict[str, _Call] = {}
+        later: list[_Segment] = []  # replica writes for the synchronizer
         if copies == 1:
             for node, members in ring.group_by_node(raws).items():
-                calls[node] = (members, list(map(prefix, members)), list(map(value_of, members)))
+                calls[node] = _Call(
+                    members, list(map(prefix, members)), list(map(value_of, members))
+                )
         else:
-            for pref, members in ring.group_by_preference(raws, copies).items():
-                rkeys, stored = list(map(prefix, members)), list(map(value_of, members))
-                shared.append((pref, rkeys, stored))
-                group = calls.get(pref[0])
-                if group is None:
-                    calls[pref[0]] = (list(members), list(rkeys), list(stored))
+            groups = [
+                (pref, members, list(map(prefix, members)), list(map(value_of, members)))
+                for pref, members in ring.group_by_preference(raws, copies).items()
+            ]
+            for pref, members, rkeys, stored in groups:
+                call = calls.get(pref[0])
+                if call is None:
+                    calls[pref[0]] = _Call(list(members), list(rkeys), list(stored))
                 else:
-                    group[0].extend(members)
-                    group[1].extend(rkeys)
-                    group[2].extend(stored)
+                    call.add(members, rkeys, stored)
+            inline = self.config.sync_inline
+            for pref, _, rkeys, stored in groups:
+                for target in pref[1:]:
+                    segment = _Segment(target, pref[0], rkeys, stored)
+                    call = calls.get(target) if inline else None
+                    if call is None:
+                        later.append(segment)
+                    else:
+                        call.riders.append(segment)
+            for call in calls.values():
+                call.board()
         replaced = 0
         failed: list[bytes] = []
         lost: _StrSet = set()
+        retry_later: list[_Segment] = []
         limit = self.config.hint_limit
+        sync = self.sync
 
-        async def call(
-            node: str, members: list[bytes], rkeys: list[bytes], stored: list[bytes]
-        ) -> None:
+        async def send(node: str, call: _Call) -> None:
             nonlocal replaced
             try:
-                reply = await self._pools[node].run_script(APPLY, rkeys, [limit, 0, pxat, *stored])
+                reply = await self._pools[node].run_script(
+                    APPLY, call.rkeys, [limit, 0, pxat, *call.stored]
+                )
             except (NodeUnavailable, ResponseError) as exc:
                 if isinstance(exc, NodeUnavailable):
                     self._on_failure(node)
                 else:
                     self._errors[node] += 1
-                failed.extend(members)
+                failed.extend(call.members)
                 lost.add(node)
+                retry_later.extend(call.riders)
                 return
-            replaced += reply.count(b"2")
+            own = len(call.members)
+            replaced += reply.count(b"2", 0, own)
+            if call.riders:
+                assert sync is not None
+                sync.record_inline(len(reply) - own, reply.count(b"0", own))
 
         if len(calls) == 1:
-            [(node, group)] = calls.items()
-            await call(node, *group)
+            [(node, call)] = calls.items()
+            await send(node, call)
         else:
             async with anyio.create_task_group() as tg:
-                for node, group in calls.items():
-                    tg.start_soon(call, node, *group)
+                for node, call in calls.items():
+                    tg.start_soon(send, node, call)
         self._announce(raws)
         if failed:
             # the general path retries these around the failed node, with hints
             retry = await self._write_general(failed, list(map(value_of, failed)), pxat, "one")
             replaced += retry.count(2)
-        if shared:
-            assert self.sync is not None
-            for pref, rkeys, stored in shared:
-                holder = pref[0]
-                if holder in lost:
+        if later or retry_later:
+            assert sync is not None
+            for segment in later:
+                if segment.holder in lost:
                     continue  # the general path planned and queued these keys
-                for target in pref[1:]:
-                    # the synchronizer packs these chunks into its per-node batches
-                    await self.sync.submit_values(target, rkeys, stored, pxat, holder=holder)
+                await sync.submit_values(
+                    segment.target, segment.rkeys, segment.stored, pxat, holder=segment.holder
+                )
+            # riders of a failed call: the synchronizer tries their node again, then hints
+            for segment in retry_later:
+                await sync.submit_values(
+                    segment.target, segment.rkeys, segment.stored, pxat, holder=segment.holder
+                )
         return replaced
 
     async def _write_general(
