@@ -255,6 +255,30 @@ def test_script_key_named_twice_keeps_the_newest(server: redis.Redis) -> None:
     assert server.pttl(b"j") == -1
 
 
+def test_script_distinct_mode_matches_the_general_one(server: redis.Redis) -> None:
+    # distinct=1 skips the repeated-key bookkeeping: for distinct keys the replies, the
+    # values and the expiries must be what the general mode gives
+    rng = random.Random(11)
+    old, new = values.HybridClock(b"o" * 8, wall_ms=lambda: 5), values.HybridClock(b"n" * 8)
+    pxat = int(time.time() * 1000) + 50_000
+    server.flushall()
+    start = [(b"%d" % i, values.encode(new.next(), b"x"), 0) for i in range(0, 300, 2)]
+    for prefix in (b"d:", b"g:"):  # the same starting state under two prefixes
+        _apply(server, [(prefix + k, v, p) for k, v, p in start])
+    entries = []
+    for i in range(300):
+        version = (new if rng.random() < 0.7 else old).next()
+        entries.append((b"%d" % i, values.encode(version, b"v%d" % i), pxat if i % 5 == 0 else 0))
+    rng.shuffle(entries)
+    general = _apply(server, [(b"g:" + k, v, p) for k, v, p in entries])
+    distinct = _apply(server, [(b"d:" + k, v, p) for k, v, p in entries], distinct=True)
+    assert distinct == general
+    assert set(general) == {"0", "1", "2"}
+    for key, _, _ in entries:
+        assert server.get(b"d:" + key) == server.get(b"g:" + key)
+        assert server.pttl(b"d:" + key) // 1000 == server.pttl(b"g:" + key) // 1000
+
+
 def test_script_more_keys_than_one_command_takes(server: redis.Redis) -> None:
     """Past 4000 keys the reads and writes are split into several MGET/MSET calls."""
     server.flushall()

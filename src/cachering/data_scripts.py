@@ -7,17 +7,21 @@ the writer. It can also record hints (keys that some node missed) in the same ro
 Arguments::
 
     KEYS   data keys k1..kn
-    ARGV   limit  g  [hint_key overflow_key m member*m]*g  expiry  [value]*n
-       or  limit  g  [hint_key overflow_key m member*m]*g  "*"  [value pxat]*n
+    ARGV   limit  g  [hint_key overflow_key m member*m]*g  distinct  expiry  [value]*n
+       or  limit  g  [hint_key overflow_key m member*m]*g  distinct  "*"  [value pxat]*n
 
 ``limit`` bounds each hint set; past it the overflow key is set to ``1`` instead. The
 expiry is absolute Unix milliseconds (``PXAT``), ``0`` for none: one ``expiry`` for every
 key of the call (what a ``set_many`` writes), or ``*`` and one ``pxat`` per key (what
-replica batches and repairs mix). With no keys the expiry may be left out. The reply is a
-string with one character per key: ``0`` not applied (the stored copy is as new or newer),
-``1`` applied, ``2`` applied over a live (non-tombstone) value. A key may appear more than
-once: each entry is compared with the newest the call has applied before it, and only the
-key's last applied entry is written.
+replica batches and repairs mix). With no keys, ``distinct`` and the expiry may be left
+out. The reply is a string with one character per key: ``0`` not applied (the stored copy
+is as new or newer), ``1`` applied, ``2`` applied over a live (non-tombstone) value.
+
+``distinct`` is ``1`` when the caller knows that no key appears twice (a ``set_many``,
+whose keys come from a mapping), ``0`` otherwise (replica batches gather several writes).
+With ``0`` a repeated key's entries are each compared with the newest the call has
+applied before it, and only the key's last applied entry is written; with ``1`` the script
+skips that bookkeeping, a tenth of its work per key.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ local n = #KEYS
 if n == 0 then
   return ''
 end
+local distinct = ARGV[a] == '1'
+a = a + 1
 -- value i is ARGV[v + step * i], its expiry ARGV[v + step * i + 1] or the shared one
 local shared = ARGV[a]
 local step = shared == '*' and 2 or 1
@@ -65,9 +71,14 @@ local byte = string.byte
 local out, last = {}, {}
 for i = 1, n do
   local key, val = KEYS[i], ARGV[v + step * i]
-  -- a key named twice in one call is compared with what the call applied before
-  local p = last[key]
-  local c = p and ARGV[v + step * p] or cur[i]
+  local c = cur[i]
+  if not distinct then
+    -- a key named twice in one call is compared with what the call applied before
+    local p = last[key]
+    if p then
+      c = ARGV[v + step * p]
+    end
+  end
   local apply, live = true, false
   if c and #c >= 18 and byte(c, 1) == 1 then
     -- the version is bytes 2..17, big-endian: the first differing byte decides. The
@@ -92,7 +103,9 @@ for i = 1, n do
     end
   end
   if apply then
-    last[key] = i
+    if not distinct then
+      last[key] = i
+    end
     out[i] = live and '2' or '1'
   else
     out[i] = '0'
@@ -103,7 +116,7 @@ end
 local mset, m = {}, 0
 for i = 1, n do
   local key = KEYS[i]
-  if last[key] == i then
+  if (distinct and out[i] ~= '0') or (not distinct and last[key] == i) then
     local val, pxat = ARGV[v + step * i], shared
     if step == 2 then
       pxat = ARGV[v + 2 * i + 1]
@@ -153,8 +166,10 @@ def apply_args(
     *,
     hint_limit: int,
     hints: Sequence[HintGroup] = (),
+    distinct: bool = False,
 ) -> tuple[list[bytes], list[bytes | int]]:
-    """KEYS and ARGV for ``APPLY`` from ``(redis_key, stored_value, pxat)`` entries."""
+    """KEYS and ARGV for ``APPLY`` from ``(redis_key, stored_value, pxat)`` entries;
+    ``distinct``: the caller knows that no key appears twice."""
     keys: list[bytes] = []
     argv: list[bytes | int] = [hint_limit, len(hints)]
     for hint_key, overflow_key, members in hints:
@@ -168,6 +183,7 @@ def apply_args(
         keys.append(key)
         stored.append(value)
         pxats.append(pxat)
+    argv.append(1 if distinct else 0)
     argv.extend(entry_args(stored, pxats))
     return keys, argv
 

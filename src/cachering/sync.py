@@ -274,7 +274,7 @@ class Synchronizer:
         # otherwise one per key, which entry_args still sends shared if they all agree.
         first = piece[0].pxat
         if isinstance(first, int) and all(c.pxat == first for c in piece):
-            command += (self._hint_limit, 0, first)
+            command += (self._hint_limit, 0, 0, first)  # keys may repeat: distinct 0
             for chunk in piece:
                 command += chunk.values
             return command
@@ -284,7 +284,7 @@ class Synchronizer:
                 [c.pxat] * len(c.keys) if isinstance(c.pxat, int) else c.pxat for c in piece
             )
         )
-        command += (self._hint_limit, 0)
+        command += (self._hint_limit, 0, 0)
         command += entry_args(values, pxats)
         return command
 

@@ -164,7 +164,7 @@ class Writes:
                 primary, rkey = targets[0], self._prefix + raw
                 try:
                     await self._pools[primary].run_script(
-                        APPLY, (rkey,), (self.config.hint_limit, 0, pxat, stored)
+                        APPLY, (rkey,), (self.config.hint_limit, 0, 1, pxat, stored)
                     )
                 except (NodeUnavailable, ResponseError):
                     pass
@@ -318,7 +318,7 @@ class Writes:
             nonlocal replaced
             try:
                 reply = await self._pools[node].run_script(
-                    APPLY, call.rkeys, [limit, 0, pxat, *call.stored]
+                    APPLY, call.rkeys, [limit, 0, 1, pxat, *call.stored]
                 )
             except (NodeUnavailable, ResponseError) as exc:
                 if isinstance(exc, NodeUnavailable):
@@ -410,6 +410,7 @@ class Writes:
                         argv.extend(hint_keys(self.config.namespace, m))
                         argv.append(len(members))
                         argv.extend(members)
+                argv.append(1)  # distinct keys: raws come from a mapping
                 argv.append(pxat)
                 argv.extend([stored[i] for i in idx])
                 try:
