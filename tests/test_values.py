@@ -216,6 +216,16 @@ def test_script_replaces_wrong_type_and_foreign_values(server: redis.Redis) -> N
     )
     assert out == "11"
     assert values.user_bytes(server.get(b"a")) == b"1"
+    # one key at a time (the script's single-key path), with and without an expiry
+    server.delete(b"a", b"b")
+    server.rpush(b"a", b"x")
+    server.set(b"b", b"plain")
+    pxat = int(time.time() * 1000) + 50_000
+    assert _apply(server, [(b"a", values.encode(clock.next(), b"3"), pxat)]) == "1"
+    assert _apply(server, [(b"b", values.encode(clock.next(), b"4"), 0)]) == "1"
+    assert values.user_bytes(server.get(b"a")) == b"3"
+    assert server.execute_command("PEXPIRETIME", b"a") == pxat
+    assert values.user_bytes(server.get(b"b")) == b"4"
 
 
 def test_script_records_bounded_hints(server: redis.Redis) -> None:

@@ -58,8 +58,56 @@ a = a + 1
 local shared = ARGV[a]
 local step = shared == '*' and 2 or 1
 local v = a + 1 - step
--- Every redis.call costs far more than Lua itself: read all current copies with one MGET
--- per 4000 keys (MGET answers false for a missing key and for a key of another type).
+local byte = string.byte
+-- Whether the incoming value val is newer than the stored copy c (false if the copy is
+-- not in the format: a foreign value is overwritten), and whether c is live.
+local function newer(c, val)
+  if not (c and #c >= 18 and byte(c, 1) == 1) then
+    return true, false
+  end
+  -- the version is bytes 2..17, big-endian: the first differing byte decides. The clock
+  -- (2..9) nearly always differs, so the writer id (10..17) is read only on a tie
+  local c1, c2, c3, c4, c5, c6, c7, c8 = byte(c, 2, 9)
+  local v1, v2, v3, v4, v5, v6, v7, v8 = byte(val, 2, 9)
+  local live = byte(c, 18) % 2 == 0
+  for half = 1, 2 do
+    if v1 ~= c1 then return v1 > c1, live
+    elseif v2 ~= c2 then return v2 > c2, live
+    elseif v3 ~= c3 then return v3 > c3, live
+    elseif v4 ~= c4 then return v4 > c4, live
+    elseif v5 ~= c5 then return v5 > c5, live
+    elseif v6 ~= c6 then return v6 > c6, live
+    elseif v7 ~= c7 then return v7 > c7, live
+    elseif v8 ~= c8 then return v8 > c8, live
+    elseif half == 1 then
+      c1, c2, c3, c4, c5, c6, c7, c8 = byte(c, 10, 17)
+      v1, v2, v3, v4, v5, v6, v7, v8 = byte(val, 10, 17)
+    end
+  end
+  return false, live -- the same version: keep the stored copy
+end
+-- Every redis.call costs far more than Lua itself.
+if n == 1 then
+  -- a single set: no tables to build
+  local key, val = KEYS[1], ARGV[v + step]
+  local c = redis.pcall('GET', key)
+  if type(c) == 'table' then
+    c = false -- a key of another type (an error reply): overwritten, as MGET would have it
+  end
+  local apply, live = newer(c, val)
+  if not apply then
+    return '0'
+  end
+  local pxat = step == 2 and ARGV[v + 3] or shared
+  if pxat == '0' then
+    redis.call('SET', key, val)
+  else
+    redis.call('SET', key, val, 'PXAT', pxat)
+  end
+  return live and '2' or '1'
+end
+-- Read all current copies with one MGET per 4000 keys (MGET answers false for a missing
+-- key and for a key of another type).
 local cur = {}
 for s = 1, n, 4000 do
   local got = redis.call('MGET', unpack(KEYS, s, math.min(s + 3999, n)))
@@ -67,7 +115,6 @@ for s = 1, n, 4000 do
     cur[s + j - 1] = got[j]
   end
 end
-local byte = string.byte
 local out, last = {}, {}
 for i = 1, n do
   local key, val = KEYS[i], ARGV[v + step * i]
@@ -79,29 +126,7 @@ for i = 1, n do
       c = ARGV[v + step * p]
     end
   end
-  local apply, live = true, false
-  if c and #c >= 18 and byte(c, 1) == 1 then
-    -- the version is bytes 2..17, big-endian: the first differing byte decides. The
-    -- clock (2..9) nearly always differs, so the writer id (10..17) is read only on a tie
-    local c1, c2, c3, c4, c5, c6, c7, c8 = byte(c, 2, 9)
-    local v1, v2, v3, v4, v5, v6, v7, v8 = byte(val, 2, 9)
-    live = byte(c, 18) % 2 == 0
-    for half = 1, 2 do
-      if v1 ~= c1 then apply = v1 > c1 break
-      elseif v2 ~= c2 then apply = v2 > c2 break
-      elseif v3 ~= c3 then apply = v3 > c3 break
-      elseif v4 ~= c4 then apply = v4 > c4 break
-      elseif v5 ~= c5 then apply = v5 > c5 break
-      elseif v6 ~= c6 then apply = v6 > c6 break
-      elseif v7 ~= c7 then apply = v7 > c7 break
-      elseif v8 ~= c8 then apply = v8 > c8 break
-      elseif half == 2 then apply = false -- the same version: keep the stored copy
-      else
-        c1, c2, c3, c4, c5, c6, c7, c8 = byte(c, 10, 17)
-        v1, v2, v3, v4, v5, v6, v7, v8 = byte(val, 10, 17)
-      end
-    end
-  end
+  local apply, live = newer(c, val)
   if apply then
     if not distinct then
       last[key] = i
