@@ -349,14 +349,11 @@ class Writes:
             replaced += retry.count(2)
         if later or retry_later:
             assert sync is not None
-            for segment in later:
+            # riders of a failed call join the rest: the synchronizer tries their node
+            # again and leaves hints on the primary if it fails
+            for segment in (*later, *retry_later):
                 if segment.holder in lost:
                     continue  # the general path planned and queued these keys
-                await sync.submit_values(
-                    segment.target, segment.rkeys, segment.stored, pxat, holder=segment.holder
-                )
-            # riders of a failed call: the synchronizer tries their node again, then hints
-            for segment in retry_later:
                 await sync.submit_values(
                     segment.target, segment.rkeys, segment.stored, pxat, holder=segment.holder
                 )
