@@ -11,6 +11,10 @@ while fewer than ``sync_queue_size`` entries are pending or in flight; past that
 until a flush completes (backpressure). Nothing is dropped silently: a write whose node is
 unreachable is counted as dropped and its key is recorded as a hint on the node that took
 the write (its *holder*), for the repair path to replay.
+
+A ``set_many`` writes most replica copies itself, in the script call each node gets
+anyway for the keys it is primary for (``sync_inline``); :meth:`Synchronizer.record_inline`
+counts those with the rest.
 """
 
 from __future__ import annotations
