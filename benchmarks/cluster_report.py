@@ -16,9 +16,10 @@ the machine's cores here, so the second figure is the client's own cost:
    round trip to the same node (``Pool.execute("PING")``): medians per call, the three
    interleaved in blocks while the cluster runs. Target: <= 1.25x.
 3. Replication cost: ``set_many`` throughput (including the background replica flush)
-   with ``replicas=2, consistency="one"`` versus ``replicas=1``. Target: >= 0.6x. Twice:
-   rewriting the same 1,000 keys (overwrites) and writing 1,000 new keys every call
-   (inserts, which cost the servers more).
+   with ``replicas=2, consistency="one"`` versus ``replicas=1``, on two clusters open side
+   by side, measured in alternating blocks: the median of ``--pairs`` per-pair ratios.
+   Target: >= 0.6x. Twice: rewriting the same 1,000 keys (overwrites) and writing 1,000
+   new keys every call (inserts, which cost the servers more).
 4. 100,000 replica writes through the batched synchronizer versus one script call per
    key (10 concurrent callers, the pool size). Target: >= 10x.
 """

@@ -73,6 +73,7 @@ def test_replicas_capped_at_node_count() -> None:
         ({"hint_limit": 0}, "hint_limit"),
         ({"node_backoff": -0.1}, "node_backoff"),
         ({"publish_invalidations": 1}, "publish_invalidations"),
+        ({"sync_inline": "yes"}, "sync_inline"),
         ({"heartbeat_interval": 0.001}, "heartbeat_interval"),
         ({"failure_threshold": 0}, "failure_threshold"),
         ({"election_timeout": 1.0}, "election_timeout"),

@@ -48,7 +48,7 @@ from .nearcache import (
 )
 from .node import NodeSpec
 from .resp import Pool, PubSub
-from .routing import Router
+from .routing import Router, each_node
 from .sync import Synchronizer
 from .topology import Topology
 from .writes import TTL, Items, Key, Value, Writes, key_bytes
@@ -427,7 +427,7 @@ class Cluster:
                     groups[node].append(raw)
             failed: list[bytes] = []
 
-            async def fetch(node: str, batch: list[bytes], failed: list[bytes]) -> None:
+            async def fetch(node: str, batch: list[bytes], failed: list[bytes] = failed) -> None:
                 prefix = self._prefix
                 rkeys = [prefix + r for r in batch]
                 try:
@@ -453,13 +453,7 @@ class Cluster:
                     if value is not None:
                         near.put(raw, value, pttl / 1000 if pttl > 0 else None, generation)
 
-            if len(groups) == 1:
-                [(node, batch)] = groups.items()
-                await fetch(node, batch, failed)
-            else:
-                async with anyio.create_task_group() as tg:
-                    for node, batch in groups.items():
-                        tg.start_soon(fetch, node, batch, failed)
+            await each_node(fetch, groups)
             todo = failed
         result = [found[r] for r in raws]
         misses = result.count(None)

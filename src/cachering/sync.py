@@ -32,6 +32,7 @@ from .data_scripts import apply_args, entry_args, hint_keys
 from .errors import NodeUnavailable, ResponseError
 from .resp.pool import Pool
 from .resp.script import Script
+from .routing import each_node
 
 __all__ = ["Entry", "SyncStats", "Synchronizer"]
 
@@ -236,9 +237,7 @@ class Synchronizer:
             self._node_count.clear()
             self._full = False
             self.stats.flushes += 1
-            async with anyio.create_task_group() as tg:
-                for node, batch in taken.items():
-                    tg.start_soon(self._send_node, node, batch)
+            await each_node(self._send_node, taken)
             self._pending_count -= count
             self._space.set()
             self._complete(count)

@@ -2,7 +2,8 @@
 
 A write carries a version (the cluster's hybrid clock) and goes through the one
 apply-if-newer script on each copy it reaches. At level ``one`` with every node healthy
-the primary copy takes it and the synchronizer batches the replica writes; otherwise each
+the primary copy takes it and the synchronizer batches the replica writes (a ``set_many``
+sends most of them itself, in the call each node gets for its primary keys); otherwise each
 key falls back along its preference list, a copy that stands in for a missed home records
 a hint for it, and the call raises :class:`~cachering.errors.ConsistencyError` if a key
 got fewer acknowledgements than its level needs (the copies that did take it still get
@@ -18,8 +19,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, NamedTuple
 
-import anyio
-
 from . import values
 from .config import ClusterConfig, Consistency
 from .data_scripts import APPLY, HintGroup, apply_args, hint_keys
@@ -27,7 +26,7 @@ from .errors import ConsistencyError, NodeUnavailable, ResponseError
 from .nearcache import InvalidationPublisher, NearCache
 from .resp import Pool
 from .ring import Ring
-from .routing import Router
+from .routing import Router, each_node
 from .sync import Entry, Synchronizer
 
 __all__ = ["TTL", "Items", "Key", "Value", "Writes", "key_bytes"]
@@ -335,13 +334,7 @@ class Writes:
                 assert sync is not None
                 sync.record_inline(len(reply) - own, reply.count(b"0", own))
 
-        if len(calls) == 1:
-            [(node, call)] = calls.items()
-            await send(node, call)
-        else:
-            async with anyio.create_task_group() as tg:
-                for node, call in calls.items():
-                    tg.start_soon(send, node, call)
+        await each_node(send, calls)
         self._announce(raws)
         if failed:
             # the general path retries these around the failed node, with hints
@@ -394,7 +387,7 @@ class Writes:
                 break
             newly_failed = False
 
-            async def call(node: str, idx: list[int], any_missed: bool) -> None:
+            async def call(node: str, idx: list[int], any_missed: bool = any_missed) -> None:
                 nonlocal newly_failed
                 argv: list[Any] = [limit, 0]
                 if any_missed:
@@ -431,13 +424,7 @@ class Writes:
                         if plans[i][1]:
                             hinted.setdefault(i, set()).update(plans[i][1])
 
-            if len(calls) == 1:
-                [(node, idx)] = calls.items()
-                await call(node, idx, any_missed)
-            else:
-                async with anyio.create_task_group() as tg:
-                    for node, idx in calls.items():
-                        tg.start_soon(call, node, idx, any_missed)
+            await each_node(call, calls)
             if not newly_failed:
                 break
             # re-plan the keys that still lack acknowledgements, around the failed nodes
