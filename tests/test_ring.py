@@ -326,6 +326,18 @@ def test_preference_list_caps_at_node_count(ring_impl: ModuleType) -> None:
     assert ring.preference_list("key", 1) == (ring.lookup("key"),)
 
 
+@pytest.mark.parametrize("nodes", [3, 64, 65, 200])
+def test_preference_list_matches_the_batch_call(ring_impl: ModuleType, nodes: int) -> None:
+    # the single-key call has its own path (a stack buffer up to 64 nodes, heap past it)
+    ring = ring_impl.Ring([f"n{i}" for i in range(nodes)], vnodes=20)
+    keys = [f"k{i}" for i in range(300)] + [b"\x00\xff", bytearray(b"ba"), memoryview(b"mv")]
+    for n in (1, 2, 7, nodes + 1):
+        batch = ring.preference_lists(keys, n)
+        for key, pref in zip(keys, batch, strict=True):
+            assert ring.preference_list(key, n) == pref
+            assert len(pref) == min(n, nodes)
+
+
 def test_batch_calls_accept_any_iterable(ring_impl: ModuleType) -> None:
     ring = ring_impl.Ring(["a", "b", "c"])
     keys = [f"k{i}" for i in range(50)]

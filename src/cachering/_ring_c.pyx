@@ -763,7 +763,24 @@ cdef class Ring:
 
         The first entry is ``lookup(key)``.
         """
-        return self.preference_lists((key,), n)[0]
+        cdef Py_ssize_t count = n if type(n) is int and n >= 1 else _check_n(n)
+        self._check_nonempty()
+        cdef Py_ssize_t start = self._find(_hash_key(self._mode, self._seed, key))
+        cdef Py_ssize_t nn = len(self._names)
+        # Every single write and read routes through here: no heap work for small rings.
+        cdef uint32_t small[64]
+        cdef uint32_t* stamp = small
+        if nn > 64:
+            stamp = <uint32_t*>calloc(nn, sizeof(uint32_t))
+            if stamp == NULL:
+                raise MemoryError()
+        else:
+            memset(small, 0, nn * sizeof(uint32_t))
+        try:
+            return self._walk(start, count, stamp, 1)
+        finally:
+            if stamp != small:
+                free(stamp)
 
     def preference_lists(self, keys, n):
         """``preference_list(key, n)`` for every key, in order."""
