@@ -5,13 +5,13 @@ from __future__ import annotations
 import itertools
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
 
 from cachering import values
-from cachering.data_scripts import APPLY_SOURCE, apply_args, hint_keys
+from cachering.data_scripts import APPLY_ONE_SOURCE, APPLY_SOURCE, apply_args, hint_keys
 from cachering.local import LocalCluster
 
 # ----------------------------------------------------------------------------- format
@@ -88,6 +88,15 @@ def test_hlc_close_to_wall_clock() -> None:
     assert abs((clock.tick() >> 16) - time.time() * 1000) < 60_000
 
 
+def test_stamp_is_encode_of_next() -> None:
+    a = values.HybridClock(b"w" * 8, wall_ms=lambda: 1_234)
+    b = values.HybridClock(b"w" * 8, wall_ms=lambda: 1_234)
+    for data in (b"", b"x", bytes(range(256))):
+        stamped = a.stamp(data)
+        assert stamped == values.encode(b.next(), data)
+        assert values.decode(stamped) == (a.last, b"w" * 8, False, data)
+
+
 def test_writer_must_be_8_bytes() -> None:
     with pytest.raises(ValueError, match="writer"):
         values.HybridClock(b"short")
@@ -113,27 +122,45 @@ def _apply(client: redis.Redis, entries, **kw) -> str:  # type: ignore[no-untype
     return reply.decode() if isinstance(reply, bytes) else str(reply)
 
 
-def test_script_applies_only_newer(server: redis.Redis) -> None:
+Apply = Callable[..., str]
+
+
+@pytest.fixture(params=["APPLY", "APPLY_ONE"])
+def apply(request: pytest.FixtureRequest, server: redis.Redis) -> Apply:
+    """``_apply`` on ``server``; in the APPLY_ONE run, single-entry calls without hints go
+    through the single-key script (what every ``set`` sends) instead."""
+
+    def run(entries, **kw) -> str:  # type: ignore[no-untyped-def]
+        if request.param == "APPLY" or len(entries) != 1 or kw:
+            return _apply(server, entries, **kw)
+        ((key, stored, pxat),) = entries
+        reply = server.eval(APPLY_ONE_SOURCE, 1, key, stored, pxat)
+        return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+    return run
+
+
+def test_script_applies_only_newer(server: redis.Redis, apply: Apply) -> None:
     server.flushall()
     a = values.HybridClock(b"a" * 8, wall_ms=lambda: 1_000)
     v1, v2 = a.next(), a.next()
-    assert _apply(server, [(b"k", values.encode(v2, b"new"), 0)]) == "1"
-    assert _apply(server, [(b"k", values.encode(v1, b"old"), 0)]) == "0"
+    assert apply([(b"k", values.encode(v2, b"new"), 0)]) == "1"
+    assert apply([(b"k", values.encode(v1, b"old"), 0)]) == "0"
     assert values.user_bytes(server.get(b"k")) == b"new"
     # same version again: idempotent, not re-applied
-    assert _apply(server, [(b"k", values.encode(v2, b"new"), 0)]) == "0"
+    assert apply([(b"k", values.encode(v2, b"new"), 0)]) == "0"
 
 
-def test_script_ties_broken_by_writer_id(server: redis.Redis) -> None:
+def test_script_ties_broken_by_writer_id(server: redis.Redis, apply: Apply) -> None:
     server.flushall()
     low = values.HybridClock(b"\x00" * 8, wall_ms=lambda: 1).next()
     high = values.HybridClock(b"\xff" * 8, wall_ms=lambda: 1).next()
-    _apply(server, [(b"k", values.encode(high, b"H"), 0)])
-    assert _apply(server, [(b"k", values.encode(low, b"L"), 0)]) == "0"
+    apply([(b"k", values.encode(high, b"H"), 0)])
+    assert apply([(b"k", values.encode(low, b"L"), 0)]) == "0"
     assert values.user_bytes(server.get(b"k")) == b"H"
 
 
-def test_script_orders_versions_at_every_byte(server: redis.Redis) -> None:
+def test_script_orders_versions_at_every_byte(server: redis.Redis, apply: Apply) -> None:
     # versions that first differ at each of the 16 positions (clock and writer id), and
     # an equal pair: the stored copy changes exactly when the incoming one is greater
     rng = random.Random(3)
@@ -145,15 +172,13 @@ def test_script_orders_versions_at_every_byte(server: redis.Redis) -> None:
                 b[position] = rng.choice([x for x in range(256) if x != a[position]])
                 b[position + 1 :] = rng.randbytes(15 - position)
             server.flushall()
-            _apply(server, [(b"k", values.encode(bytes(a), b"A"), 0)])
+            apply([(b"k", values.encode(bytes(a), b"A"), 0)])
             newer = bytes(b) > bytes(a)
-            assert _apply(server, [(b"k", values.encode(bytes(b), b"B"), 0)]) == (
-                "2" if newer else "0"
-            )
+            assert apply([(b"k", values.encode(bytes(b), b"B"), 0)]) == ("2" if newer else "0")
             assert values.user_bytes(server.get(b"k")) == (b"B" if newer else b"A")
 
 
-def test_script_converges_in_any_order(server: redis.Redis) -> None:
+def test_script_converges_in_any_order(server: redis.Redis, apply: Apply) -> None:
     rng = random.Random(7)
     clocks = [values.HybridClock(bytes([i]) * 8, wall_ms=lambda: 42) for i in range(3)]
     writes = [(c.next(), f"{i}-{j}".encode()) for i, c in enumerate(clocks) for j in range(3)]
@@ -163,30 +188,30 @@ def test_script_converges_in_any_order(server: redis.Redis) -> None:
         order = list(order)
         rng.shuffle(order)
         for version, data in order:
-            _apply(server, [(b"k", values.encode(version, data), 0)])
+            apply([(b"k", values.encode(version, data), 0)])
         assert values.user_bytes(server.get(b"k")) == best
 
 
-def test_script_tombstone_blocks_older_write(server: redis.Redis) -> None:
+def test_script_tombstone_blocks_older_write(server: redis.Redis, apply: Apply) -> None:
     server.flushall()
     clock = values.HybridClock(b"a" * 8)
     old, tomb = clock.next(), clock.next()
-    assert _apply(server, [(b"k", values.encode(old, b"v"), 0)]) == "1"
+    assert apply([(b"k", values.encode(old, b"v"), 0)]) == "1"
     pxat = int(time.time() * 1000) + 60_000
-    assert _apply(server, [(b"k", values.encode(tomb, None), pxat)]) == "2"
-    assert _apply(server, [(b"k", values.encode(old, b"v"), 0)]) == "0"
+    assert apply([(b"k", values.encode(tomb, None), pxat)]) == "2"
+    assert apply([(b"k", values.encode(old, b"v"), 0)]) == "0"
     assert values.user_bytes(server.get(b"k")) is None
     assert 0 < server.pttl(b"k") <= 60_000
 
 
-def test_script_sets_absolute_expiry(server: redis.Redis) -> None:
+def test_script_sets_absolute_expiry(server: redis.Redis, apply: Apply) -> None:
     server.flushall()
     clock = values.HybridClock(b"a" * 8)
     pxat = int(time.time() * 1000) + 50_000
-    assert _apply(server, [(b"k", values.encode(clock.next(), b"v"), pxat)]) == "1"
+    assert apply([(b"k", values.encode(clock.next(), b"v"), pxat)]) == "1"
     assert server.execute_command("PEXPIRETIME", b"k") == pxat
     # a newer write without ttl clears the expiry
-    _apply(server, [(b"k", values.encode(clock.next(), b"w"), 0)])
+    apply([(b"k", values.encode(clock.next(), b"w"), 0)])
     assert server.pttl(b"k") == -1
 
 
@@ -202,13 +227,12 @@ def test_script_many_keys_and_binary(server: redis.Redis) -> None:
     assert values.user_bytes(server.get(b"ns:k:" + bytes([5, 0, 255]))) == b"\x05"
 
 
-def test_script_replaces_wrong_type_and_foreign_values(server: redis.Redis) -> None:
+def test_script_replaces_wrong_type_and_foreign_values(server: redis.Redis, apply: Apply) -> None:
     server.flushall()
     server.rpush(b"a", b"x")
     server.set(b"b", b"plain")
     clock = values.HybridClock(b"a" * 8)
-    out = _apply(
-        server,
+    out = apply(
         [
             (b"a", values.encode(clock.next(), b"1"), 0),
             (b"b", values.encode(clock.next(), b"2"), 0),
@@ -216,13 +240,13 @@ def test_script_replaces_wrong_type_and_foreign_values(server: redis.Redis) -> N
     )
     assert out == "11"
     assert values.user_bytes(server.get(b"a")) == b"1"
-    # one key at a time (the script's single-key path), with and without an expiry
+    # one key at a time (through APPLY_ONE in that run), with and without an expiry
     server.delete(b"a", b"b")
     server.rpush(b"a", b"x")
     server.set(b"b", b"plain")
     pxat = int(time.time() * 1000) + 50_000
-    assert _apply(server, [(b"a", values.encode(clock.next(), b"3"), pxat)]) == "1"
-    assert _apply(server, [(b"b", values.encode(clock.next(), b"4"), 0)]) == "1"
+    assert apply([(b"a", values.encode(clock.next(), b"3"), pxat)]) == "1"
+    assert apply([(b"b", values.encode(clock.next(), b"4"), 0)]) == "1"
     assert values.user_bytes(server.get(b"a")) == b"3"
     assert server.execute_command("PEXPIRETIME", b"a") == pxat
     assert values.user_bytes(server.get(b"b")) == b"4"

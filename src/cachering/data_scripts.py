@@ -1,4 +1,4 @@
-"""The Lua script every data write goes through, and helpers that build its arguments.
+"""The Lua scripts every data write goes through, and helpers that build their arguments.
 
 ``APPLY`` writes many keys in one call, each only if the incoming version is newer than the
 stored one (see :mod:`cachering.values`), with an absolute expiry (``PXAT``) computed once by
@@ -22,6 +22,11 @@ whose keys come from a mapping), ``0`` otherwise (replica batches gather several
 With ``0`` a repeated key's entries are each compared with the newest the call has
 applied before it, and only the key's last applied entry is written; with ``1`` the script
 skips that bookkeeping, a tenth of its work per key.
+
+``APPLY_ONE`` is the same write for a single key without hints, which is what every
+``set`` sends: ``KEYS`` holds the key, ``ARGV`` its value and expiry (``0`` for none), and
+the reply is one such character. With fewer arguments and no tables it costs the server
+a third less than ``APPLY`` with one key.
 """
 
 from __future__ import annotations
@@ -30,34 +35,20 @@ from collections.abc import Iterable, Sequence
 
 from .resp.script import Script
 
-__all__ = ["APPLY", "APPLY_SOURCE", "EACH", "HintGroup", "apply_args", "entry_args", "hint_keys"]
+__all__ = [
+    "APPLY",
+    "APPLY_ONE",
+    "APPLY_ONE_SOURCE",
+    "APPLY_SOURCE",
+    "EACH",
+    "HintGroup",
+    "apply_args",
+    "entry_args",
+    "hint_keys",
+]
 
-APPLY_SOURCE = r"""
-local limit = tonumber(ARGV[1])
-local a = 3
-for _ = 1, tonumber(ARGV[2]) do
-  local hk, ok, m = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
-  a = a + 3
-  local size = redis.call('SCARD', hk)
-  for j = a, a + m - 1 do
-    if size < limit then
-      size = size + redis.call('SADD', hk, ARGV[j])
-    elseif redis.call('SISMEMBER', hk, ARGV[j]) == 0 then
-      redis.call('SET', ok, '1')
-    end
-  end
-  a = a + m
-end
-local n = #KEYS
-if n == 0 then
-  return ''
-end
-local distinct = ARGV[a] == '1'
-a = a + 1
--- value i is ARGV[v + step * i], its expiry ARGV[v + step * i + 1] or the shared one
-local shared = ARGV[a]
-local step = shared == '*' and 2 or 1
-local v = a + 1 - step
+# The version comparison both scripts share.
+_NEWER = r"""
 local byte = string.byte
 -- Whether the incoming value val is newer than the stored copy c (false if the copy is
 -- not in the format: a foreign value is overwritten), and whether c is live.
@@ -86,26 +77,36 @@ local function newer(c, val)
   end
   return false, live -- the same version: keep the stored copy
 end
--- Every redis.call costs far more than Lua itself.
-if n == 1 then
-  -- a single set: no tables to build
-  local key, val = KEYS[1], ARGV[v + step]
-  local c = redis.pcall('GET', key)
-  if type(c) == 'table' then
-    c = false -- a key of another type (an error reply): overwritten, as MGET would have it
+"""
+
+APPLY_SOURCE = (
+    _NEWER
+    + r"""
+local limit = tonumber(ARGV[1])
+local a = 3
+for _ = 1, tonumber(ARGV[2]) do
+  local hk, ok, m = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  a = a + 3
+  local size = redis.call('SCARD', hk)
+  for j = a, a + m - 1 do
+    if size < limit then
+      size = size + redis.call('SADD', hk, ARGV[j])
+    elseif redis.call('SISMEMBER', hk, ARGV[j]) == 0 then
+      redis.call('SET', ok, '1')
+    end
   end
-  local apply, live = newer(c, val)
-  if not apply then
-    return '0'
-  end
-  local pxat = step == 2 and ARGV[v + 3] or shared
-  if pxat == '0' then
-    redis.call('SET', key, val)
-  else
-    redis.call('SET', key, val, 'PXAT', pxat)
-  end
-  return live and '2' or '1'
+  a = a + m
 end
+local n = #KEYS
+if n == 0 then
+  return ''
+end
+local distinct = ARGV[a] == '1'
+a = a + 1
+-- value i is ARGV[v + step * i], its expiry ARGV[v + step * i + 1] or the shared one
+local shared = ARGV[a]
+local step = shared == '*' and 2 or 1
+local v = a + 1 - step
 -- Read all current copies with one MGET per 4000 keys (MGET answers false for a missing
 -- key and for a key of another type).
 local cur = {}
@@ -164,10 +165,38 @@ if m > 0 then
 end
 return table.concat(out)
 """
+)
 """Source of the apply-if-newer write script."""
 
 APPLY = Script(APPLY_SOURCE)
-"""The apply-if-newer script every write, replica write and repair runs."""
+"""The apply-if-newer script for many keys: replica writes, repairs and all but the
+single-key writes below."""
+
+
+APPLY_ONE_SOURCE = (
+    _NEWER
+    + r"""
+local key, val, pxat = KEYS[1], ARGV[1], ARGV[2]
+local c = redis.pcall('GET', key)
+if type(c) == 'table' then
+  c = false -- a key of another type (an error reply): overwritten, as MGET would have it
+end
+local apply, live = newer(c, val)
+if not apply then
+  return '0'
+end
+if pxat == '0' then
+  redis.call('SET', key, val)
+else
+  redis.call('SET', key, val, 'PXAT', pxat)
+end
+return live and '2' or '1'
+"""
+)
+"""Source of the single-key write script."""
+
+APPLY_ONE = Script(APPLY_ONE_SOURCE)
+"""``APPLY`` for one key and no hints, with shorter arguments: what every ``set`` runs."""
 
 
 HintGroup = tuple[bytes, bytes, Sequence[bytes]]

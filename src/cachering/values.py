@@ -40,6 +40,7 @@ FORMAT = 0x01
 HEADER_SIZE = 18
 FLAG_TOMBSTONE = 0x01
 _VERSION = struct.Struct(">Q8s")
+_HEADER = struct.Struct(">BQ8sB")
 _MAX_WALL = (1 << 48) - 1
 _FORMAT_BYTE = bytes([FORMAT])
 
@@ -133,14 +134,10 @@ class HybridClock:
         """A clock with a random writer id."""
         return cls(os.urandom(8))
 
-    def _now(self) -> int:
-        if self._wall_ms is not None:
-            return int(self._wall_ms())
-        return time.time_ns() // 1_000_000
-
     def tick(self) -> int:
         """Advance and return the new HLC value (an int)."""
-        now = min(self._now(), _MAX_WALL) << 16
+        now = time.time_ns() // 1_000_000 if self._wall_ms is None else int(self._wall_ms())
+        now = (now if now < _MAX_WALL else _MAX_WALL) << 16
         hlc = now if now > self._last else self._last + 1
         self._last = hlc
         return hlc
@@ -148,6 +145,11 @@ class HybridClock:
     def next(self) -> bytes:
         """A fresh 16-byte version: HLC then writer id."""
         return _VERSION.pack(self.tick(), self.writer)
+
+    def stamp(self, data: bytes) -> bytes:
+        """``data`` as a live stored value under a fresh version: ``encode(next(), data)``
+        in one step, for the single-key write path."""
+        return _HEADER.pack(FORMAT, self.tick(), self.writer, 0) + data
 
     def observe(self, hlc: int) -> None:
         """Move past an HLC seen on a stored value, so our next write orders after it."""

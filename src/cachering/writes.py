@@ -15,13 +15,13 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, NamedTuple
 
 from . import values
 from .config import ClusterConfig, Consistency
-from .data_scripts import APPLY, HintGroup, apply_args, hint_keys
+from .data_scripts import APPLY, APPLY_ONE, HintGroup, apply_args, hint_keys
 from .errors import ConsistencyError, NodeUnavailable, ResponseError
 from .nearcache import InvalidationPublisher, NearCache
 from .resp import Pool
@@ -133,6 +133,8 @@ class Writes:
         self._pools = pools
         self._clock = clock
         self._prefix = f"{config.namespace}:k:".encode()
+        self._max_value_size = config.max_value_size
+        self._default_level = config.consistency
         self._on_failure = on_failure
         self._ops = ops
         self._errors = errors
@@ -146,37 +148,21 @@ class Writes:
         self.note_hinted: Callable[[Iterable[str]], None] | None = None
         """Called with the nodes a write recorded hints for (the control plane's)."""
 
-    async def set(self, key: Key, value: Value, ttl: TTL, consistency: Consistency | None) -> None:
-        """What :meth:`Cluster.set <cachering.cluster.Cluster.set>` does."""
-        raw, data = key_bytes(key), self.value(value)
-        level, ms = self.level(consistency), _ttl_ms(ttl)
+    def set(
+        self, key: Key, value: Value, ttl: TTL, consistency: Consistency | None
+    ) -> Coroutine[Any, Any, int]:
+        """What :meth:`Cluster.set <cachering.cluster.Cluster.set>` does: checks the
+        arguments now and returns the write to await (1 if it replaced a live value)."""
+        # A plain function returning the coroutine, and the common argument types checked
+        # inline: a single write is latency-bound, and each call and coroutine layer shows.
+        raw = key.encode() if type(key) is str else key_bytes(key)
+        data = value if type(value) is bytes else self.value(value)
+        if len(data) > self._max_value_size:
+            self.value(data)  # raises, naming the limit
+        level = self._default_level if consistency is None else self.level(consistency)
+        pxat = 0 if ttl is None else _wall_ms() + _ttl_ms(ttl)
         self._ops["set"] += 1
-        pxat = _wall_ms() + ms if ms else 0
-        stored = values.encode(self._clock.next(), data)
-        if level == "one":
-            # Every home healthy: the primary takes the write, the synchronizer batches the
-            # replica writes. Otherwise, or if the primary fails, the general path retries
-            # around the failure (writes are idempotent). Inline rather than a helper: a
-            # single write is latency-bound, and each coroutine layer shows in it.
-            targets, missed = self.router.write_plan(raw)
-            if not missed:
-                primary, rkey = targets[0], self._prefix + raw
-                try:
-                    await self._pools[primary].run_script(
-                        APPLY, (rkey,), (self.config.hint_limit, 0, 1, pxat, stored)
-                    )
-                except (NodeUnavailable, ResponseError):
-                    pass
-                else:
-                    self._announce((raw,))
-                    if len(targets) > 1:
-                        assert self.sync is not None
-                        for node in targets[1:]:
-                            await self.sync.submit_values(
-                                node, [rkey], [stored], pxat, holder=primary
-                            )
-                    return
-        await self._write({raw: stored}, pxat, level)
+        return self._write_one(raw, self._clock.stamp(data), pxat, level)
 
     async def set_many(
         self,
@@ -211,15 +197,18 @@ class Writes:
         """What :meth:`Cluster.delete <cachering.cluster.Cluster.delete>` does."""
         raw, level = key_bytes(key), self.level(consistency)
         self._ops["delete"] += 1
-        return await self._delete([raw], level) == 1
+        tomb, pxat = self._tombstone()
+        return await self._write_one(raw, tomb, pxat, level) == 1
 
     async def delete_many(self, keys: Iterable[Key], consistency: Consistency | None) -> int:
         """What :meth:`Cluster.delete_many <cachering.cluster.Cluster.delete_many>` does."""
         raws = list(dict.fromkeys(key_bytes(k) for k in keys))
         if not raws:
             raise ValueError("delete_many needs at least one key")
+        level = self.level(consistency)
         self._ops["delete_many"] += 1
-        return await self._delete(raws, self.level(consistency))
+        tomb, pxat = self._tombstone()
+        return await self._write(dict.fromkeys(raws, tomb), pxat, level)
 
     def _announce(self, raws: Iterable[bytes]) -> None:
         """Tell this manager's near cache, and other managers', that ``raws`` were written."""
@@ -250,10 +239,36 @@ class Writes:
             raise ValueError(f"consistency must be one of {_LEVELS}, got {consistency!r}")
         return str(consistency)
 
-    async def _delete(self, raws: list[bytes], level: str) -> int:
+    def _tombstone(self) -> tuple[bytes, int]:
+        """A delete marker under a fresh version, and its absolute expiry."""
         tomb = values.header(self._clock.next(), tombstone=True)
-        pxat = _wall_ms() + math.ceil(self.config.tombstone_ttl * 1000)
-        return await self._write(dict.fromkeys(raws, tomb), pxat, level)
+        return tomb, _wall_ms() + math.ceil(self.config.tombstone_ttl * 1000)
+
+    async def _write_one(self, raw: bytes, stored: bytes, pxat: int, level: str) -> int:
+        """Write one key (``set``, ``delete``); returns 1 if it replaced a live value."""
+        if level == "one":
+            # Every home healthy: the primary takes the write, the synchronizer batches the
+            # replica writes. Otherwise, or if the primary fails, the general path retries
+            # around the failure (writes are idempotent).
+            targets, missed = self.router.write_plan(raw)
+            if not missed:
+                primary, rkey = targets[0], self._prefix + raw
+                try:
+                    reply = await self._pools[primary].run_script(
+                        APPLY_ONE, (rkey,), (stored, pxat)
+                    )
+                except (NodeUnavailable, ResponseError):
+                    pass
+                else:
+                    self._announce((raw,))
+                    if len(targets) > 1:
+                        assert self.sync is not None
+                        for node in targets[1:]:
+                            await self.sync.submit_values(
+                                node, [rkey], [stored], pxat, holder=primary
+                            )
+                    return 1 if reply == b"2" else 0
+        return await self._write({raw: stored}, pxat, level)
 
     async def _write(self, table: dict[bytes, bytes], pxat: int, level: str) -> int:
         """Write every key (raw key -> stored value) at ``level``; returns how many keys
