@@ -252,6 +252,32 @@ def test_script_replaces_wrong_type_and_foreign_values(server: redis.Redis, appl
     assert values.user_bytes(server.get(b"b")) == b"4"
 
 
+@pytest.mark.parametrize("size", [10, 2048, 2049, 50_000])
+def test_single_key_script_reads_only_the_header_of_large_values(
+    server: redis.Redis, size: int
+) -> None:
+    # past 2 KiB APPLY_ONE reads the stored copy with GETRANGE: the same outcomes
+    server.flushall()
+    clock = values.HybridClock(b"a" * 8)
+    old, new, newest = clock.next(), clock.next(), clock.next()
+
+    def one(key: bytes, version: bytes, fill: bytes) -> str:
+        stored = values.encode(version, fill * size)
+        reply: bytes = server.eval(APPLY_ONE_SOURCE, 1, key, stored, 0)
+        return reply.decode()
+
+    assert one(b"k", new, b"n") == "1"  # missing key
+    assert one(b"k", old, b"o") == "0"
+    assert values.user_bytes(server.get(b"k")) == b"n" * size
+    assert one(b"k", newest, b"w") == "2"
+    assert values.user_bytes(server.get(b"k")) == b"w" * size
+    server.rpush(b"list", b"x")
+    server.set(b"foreign", b"f" * 3000)
+    assert one(b"list", old, b"l") == "1"
+    assert one(b"foreign", old, b"f") == "1"
+    assert values.user_bytes(server.get(b"list")) == b"l" * size
+
+
 def test_script_records_bounded_hints(server: redis.Redis) -> None:
     server.flushall()
     hk, ok = hint_keys("ns", "n1")

@@ -177,7 +177,13 @@ APPLY_ONE_SOURCE = (
     _NEWER
     + r"""
 local key, val, pxat = KEYS[1], ARGV[1], ARGV[2]
-local c = redis.pcall('GET', key)
+local c
+if #val > 2048 then
+  -- the header alone, not a copy of what is likely as large (a missing key reads as '')
+  c = redis.pcall('GETRANGE', key, 0, 17)
+else
+  c = redis.pcall('GET', key) -- cheaper than GETRANGE for small values
+end
 if type(c) == 'table' then
   c = false -- a key of another type (an error reply): overwritten, as MGET would have it
 end
