@@ -339,6 +339,34 @@ def test_script_distinct_mode_matches_the_general_one(server: redis.Redis) -> No
         assert server.pttl(b"d:" + key) // 1000 == server.pttl(b"g:" + key) // 1000
 
 
+@pytest.mark.parametrize("distinct", [False, True])
+def test_script_mixes_large_and_small_values(server: redis.Redis, distinct: bool) -> None:
+    # values over 2 KiB have their copy's header read with GETRANGE, the rest with MGET:
+    # every key still gets the outcome its own version calls for
+    rng = random.Random(5)
+    old, new = values.HybridClock(b"o" * 8, wall_ms=lambda: 5), values.HybridClock(b"n" * 8)
+    server.flushall()
+    sizes = [rng.choice([0, 10, 2048, 2049, 40_000]) for _ in range(120)]
+    stored = {}
+    for i in range(0, 120, 3):  # a third start with a newer copy, a third with an older
+        version = (new if i % 2 else old).next()
+        stored[i] = version
+        server.set(b"m:%d" % i, values.encode(version, b"s" * sizes[(i + 7) % 120]))
+    server.rpush(b"m:1", b"wrong type")
+    server.set(b"m:4", b"f" * 3000)  # foreign, over 2 KiB
+    incoming = values.HybridClock(b"i" * 8, wall_ms=lambda: 1_000).next()  # between the two
+    entries = [(b"m:%d" % i, values.encode(incoming, b"%d" % i * sizes[i]), 0) for i in range(120)]
+    out = _apply(server, entries, distinct=distinct)
+    for i in range(120):
+        current = server.get(b"m:%d" % i)
+        if i in stored and stored[i] > incoming:
+            assert out[i] == "0"
+            assert values.decode(current).writer == b"n" * 8  # type: ignore[union-attr]
+        else:
+            assert out[i] == ("2" if i in stored else "1")
+            assert values.user_bytes(current) == b"%d" % i * sizes[i]
+
+
 def test_script_more_keys_than_one_command_takes(server: redis.Redis) -> None:
     """Past 4000 keys the reads and writes are split into several MGET/MSET calls."""
     server.flushall()

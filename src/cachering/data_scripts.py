@@ -108,12 +108,43 @@ local shared = ARGV[a]
 local step = shared == '*' and 2 or 1
 local v = a + 1 - step
 -- Read all current copies with one MGET per 4000 keys (MGET answers false for a missing
--- key and for a key of another type).
-local cur = {}
-for s = 1, n, 4000 do
-  local got = redis.call('MGET', unpack(KEYS, s, math.min(s + 3999, n)))
-  for j = 1, #got do
-    cur[s + j - 1] = got[j]
+-- key and for a key of another type). A key whose incoming value is over 2 KiB has its
+-- copy's header read alone with GETRANGE instead ('' when missing): MGET would copy a
+-- value that is likely as large into Lua just for its 18-byte version.
+local cur, large = {}, false
+for i = 1, n do
+  if #ARGV[v + step * i] > 2048 then
+    large = true
+    break
+  end
+end
+if not large then
+  for s = 1, n, 4000 do
+    local got = redis.call('MGET', unpack(KEYS, s, math.min(s + 3999, n)))
+    for j = 1, #got do
+      cur[s + j - 1] = got[j]
+    end
+  end
+else
+  local small, m = {}, 0
+  for i = 1, n do
+    if #ARGV[v + step * i] > 2048 then
+      local c = redis.pcall('GETRANGE', KEYS[i], 0, 17)
+      cur[i] = type(c) == 'string' and c -- false for a key of another type
+    else
+      m = m + 1
+      small[m] = i
+    end
+  end
+  for s = 1, m, 4000 do
+    local keys = {}
+    for j = s, math.min(s + 3999, m) do
+      keys[j - s + 1] = KEYS[small[j]]
+    end
+    local got = redis.call('MGET', unpack(keys))
+    for j = 1, #got do
+      cur[small[s + j - 1]] = got[j]
+    end
   end
 end
 local out, last = {}, {}
