@@ -11,7 +11,14 @@ import pytest
 import redis
 
 from cachering import values
-from cachering.data_scripts import APPLY_ONE_SOURCE, APPLY_SOURCE, apply_args, hint_keys
+from cachering.data_scripts import (
+    APPLY_ONE_SOURCE,
+    APPLY_SOURCE,
+    LARGE_VALUE,
+    apply_args,
+    apply_mode,
+    hint_keys,
+)
 from cachering.local import LocalCluster
 
 # ----------------------------------------------------------------------------- format
@@ -365,6 +372,36 @@ def test_script_mixes_large_and_small_values(server: redis.Redis, distinct: bool
         else:
             assert out[i] == ("2" if i in stored else "1")
             assert values.user_bytes(current) == b"%d" % i * sizes[i]
+
+
+def test_apply_mode_flags() -> None:
+    assert apply_mode(False, []) == 0
+    assert apply_mode(True, []) == 1
+    assert apply_mode(True, [b"x" * LARGE_VALUE]) == 1
+    assert apply_mode(False, [b"", b"x" * (LARGE_VALUE + 1)]) == 2
+    assert apply_mode(True, iter([b"x" * (LARGE_VALUE + 1), b"y"])) == 3
+
+
+def test_script_modes_agree(server: redis.Redis) -> None:
+    # the mode flags change how copies are read, never the outcome: the large flag with
+    # only small values, and large values without the flag, give the same replies
+    rng = random.Random(9)
+    old, new = values.HybridClock(b"o" * 8, wall_ms=lambda: 5), values.HybridClock(b"n" * 8)
+    server.flushall()
+    sizes = [rng.choice([1, 100, 3000, 30_000]) for _ in range(60)]
+    starts = {i: (new if i % 4 else old).next() for i in range(0, 60, 2)}
+    incoming = values.HybridClock(b"i" * 8, wall_ms=lambda: 1_000).next()
+    replies = {}
+    for mode in range(4):
+        prefix = b"%d:" % mode
+        for i, version in starts.items():
+            server.set(prefix + b"%d" % i, values.encode(version, b"s" * sizes[59 - i]))
+        keys = [prefix + b"%d" % i for i in range(60)]
+        argv = [10, 0, mode, 0, *(values.encode(incoming, b"x" * size) for size in sizes)]
+        replies[mode] = server.eval(APPLY_SOURCE, len(keys), *keys, *argv)
+        assert [server.get(k) for k in keys] == [server.get(b"0:" + k[2:]) for k in keys]
+    assert len(set(replies.values())) == 1
+    assert set(replies[0].decode()) == {"0", "1", "2"}
 
 
 def test_script_more_keys_than_one_command_takes(server: redis.Redis) -> None:

@@ -7,8 +7,8 @@ the writer. It can also record hints (keys that some node missed) in the same ro
 Arguments::
 
     KEYS   data keys k1..kn
-    ARGV   limit  g  [hint_key overflow_key m member*m]*g  distinct  expiry  [value]*n
-       or  limit  g  [hint_key overflow_key m member*m]*g  distinct  "*"  [value pxat]*n
+    ARGV   limit  g  [hint_key overflow_key m member*m]*g  mode  expiry  [value]*n
+       or  limit  g  [hint_key overflow_key m member*m]*g  mode  "*"  [value pxat]*n
 
 ``limit`` bounds each hint set; past it the overflow key is set to ``1`` instead. The
 expiry is absolute Unix milliseconds (``PXAT``), ``0`` for none: one ``expiry`` for every
@@ -17,11 +17,13 @@ replica batches and repairs mix). With no keys, ``distinct`` and the expiry may 
 out. The reply is a string with one character per key: ``0`` not applied (the stored copy
 is as new or newer), ``1`` applied, ``2`` applied over a live (non-tombstone) value.
 
-``distinct`` is ``1`` when the caller knows that no key appears twice (a ``set_many``,
-whose keys come from a mapping), ``0`` otherwise (replica batches gather several writes).
-With ``0`` a repeated key's entries are each compared with the newest the call has
-applied before it, and only the key's last applied entry is written; with ``1`` the script
-skips that bookkeeping, a tenth of its work per key.
+``mode`` is the sum of two flags (:func:`apply_mode` computes it). ``1``, *distinct*:
+the caller knows that no key appears twice (a ``set_many``, whose keys come from a
+mapping); without it (replica batches gather several writes) a repeated key's entries
+are each compared with the newest the call has applied before it, and only the key's
+last applied entry is written, bookkeeping that is a tenth of the script's work per key.
+``2``, *large*: some value is over :data:`LARGE_VALUE` bytes; such keys have the stored
+copy's 18-byte header read with ``GETRANGE`` instead of the whole value with ``MGET``.
 
 ``APPLY_ONE`` is the same write for a single key without hints, which is what every
 ``set`` sends: ``KEYS`` holds the key, ``ARGV`` its value and expiry (``0`` for none), and
@@ -41,11 +43,18 @@ __all__ = [
     "APPLY_ONE_SOURCE",
     "APPLY_SOURCE",
     "EACH",
+    "LARGE_VALUE",
     "HintGroup",
     "apply_args",
+    "apply_mode",
     "entry_args",
     "hint_keys",
 ]
+
+LARGE_VALUE = 2048
+"""Past this many bytes a value is *large*: the write scripts read the stored copy's
+header alone (``GETRANGE``) rather than the whole copy, which is likely as large."""
+
 
 # The version comparison both scripts share.
 _NEWER = r"""
@@ -101,23 +110,18 @@ local n = #KEYS
 if n == 0 then
   return ''
 end
-local distinct = ARGV[a] == '1'
+local mode = tonumber(ARGV[a])
+local distinct, large = mode % 2 == 1, mode >= 2
 a = a + 1
 -- value i is ARGV[v + step * i], its expiry ARGV[v + step * i + 1] or the shared one
 local shared = ARGV[a]
 local step = shared == '*' and 2 or 1
 local v = a + 1 - step
 -- Read all current copies with one MGET per 4000 keys (MGET answers false for a missing
--- key and for a key of another type). A key whose incoming value is over 2 KiB has its
--- copy's header read alone with GETRANGE instead ('' when missing): MGET would copy a
--- value that is likely as large into Lua just for its 18-byte version.
-local cur, large = {}, false
-for i = 1, n do
-  if #ARGV[v + step * i] > 2048 then
-    large = true
-    break
-  end
-end
+-- key and for a key of another type). When the caller says some incoming value is over
+-- 2 KiB, such a key has its copy's header read alone with GETRANGE instead ('' when
+-- missing): MGET would copy a value that is likely as large into Lua for 18 bytes.
+local cur = {}
 if not large then
   for s = 1, n, 4000 do
     local got = redis.call('MGET', unpack(KEYS, s, math.min(s + 3999, n)))
@@ -128,7 +132,7 @@ if not large then
 else
   local small, m = {}, 0
   for i = 1, n do
-    if #ARGV[v + step * i] > 2048 then
+    if #ARGV[v + step * i] > LARGE_VALUE then
       local c = redis.pcall('GETRANGE', KEYS[i], 0, 17)
       cur[i] = type(c) == 'string' and c -- false for a key of another type
     else
@@ -196,7 +200,7 @@ if m > 0 then
 end
 return table.concat(out)
 """
-)
+).replace("LARGE_VALUE", str(LARGE_VALUE))
 """Source of the apply-if-newer write script."""
 
 APPLY = Script(APPLY_SOURCE)
@@ -209,7 +213,7 @@ APPLY_ONE_SOURCE = (
     + r"""
 local key, val, pxat = KEYS[1], ARGV[1], ARGV[2]
 local c
-if #val > 2048 then
+if #val > LARGE_VALUE then
   -- the header alone, not a copy of what is likely as large (a missing key reads as '')
   c = redis.pcall('GETRANGE', key, 0, 17)
 else
@@ -229,7 +233,7 @@ else
 end
 return live and '2' or '1'
 """
-)
+).replace("LARGE_VALUE", str(LARGE_VALUE))
 """Source of the single-key write script."""
 
 APPLY_ONE = Script(APPLY_ONE_SOURCE)
@@ -250,6 +254,13 @@ def hint_keys(namespace: str, node_id: str) -> tuple[bytes, bytes]:
 
 EACH = b"*"
 """The ``expiry`` argument that announces one ``pxat`` per key."""
+
+
+def apply_mode(distinct: bool, stored: Iterable[bytes]) -> int:
+    """``APPLY``'s ``mode`` argument for values ``stored``: 1 if no key repeats, plus 2 if
+    some value is over :data:`LARGE_VALUE` bytes."""
+    large = max(map(len, stored), default=0) > LARGE_VALUE
+    return (1 if distinct else 0) + (2 if large else 0)
 
 
 def apply_args(
@@ -274,7 +285,7 @@ def apply_args(
         keys.append(key)
         stored.append(value)
         pxats.append(pxat)
-    argv.append(1 if distinct else 0)
+    argv.append(apply_mode(distinct, stored))
     argv.extend(entry_args(stored, pxats))
     return keys, argv
 

@@ -28,7 +28,7 @@ import anyio
 import attrs
 from anyio.abc import TaskStatus
 
-from .data_scripts import apply_args, entry_args, hint_keys
+from .data_scripts import apply_args, apply_mode, entry_args, hint_keys
 from .errors import NodeUnavailable, ResponseError
 from .resp.pool import Pool
 from .resp.script import Script
@@ -276,8 +276,10 @@ class Synchronizer:
         # One shared expiry when every chunk has the same one (the set_many hot path);
         # otherwise one per key, which entry_args still sends shared if they all agree.
         first = piece[0].pxat
+        # keys may repeat: not distinct
+        mode = apply_mode(False, chain.from_iterable(c.values for c in piece))
         if isinstance(first, int) and all(c.pxat == first for c in piece):
-            command += (self._hint_limit, 0, 0, first)  # keys may repeat: distinct 0
+            command += (self._hint_limit, 0, mode, first)
             for chunk in piece:
                 command += chunk.values
             return command
@@ -287,7 +289,7 @@ class Synchronizer:
                 [c.pxat] * len(c.keys) if isinstance(c.pxat, int) else c.pxat for c in piece
             )
         )
-        command += (self._hint_limit, 0, 0)
+        command += (self._hint_limit, 0, mode)
         command += entry_args(values, pxats)
         return command
 

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 from . import values
 from .config import ClusterConfig, Consistency
-from .data_scripts import APPLY, APPLY_ONE, HintGroup, apply_args, hint_keys
+from .data_scripts import APPLY, APPLY_ONE, HintGroup, apply_args, apply_mode, hint_keys
 from .errors import ConsistencyError, NodeUnavailable, ResponseError
 from .nearcache import InvalidationPublisher, NearCache
 from .resp import Pool
@@ -327,12 +327,13 @@ class Writes:
         retry_later: list[_Segment] = []
         limit = self.config.hint_limit
         sync = self.sync
+        mode = apply_mode(True, table.values())  # distinct: the keys come from a mapping
 
         async def send(node: str, call: _Call) -> None:
             nonlocal replaced
             try:
                 reply = await self._pools[node].run_script(
-                    APPLY, call.rkeys, [limit, 0, 1, pxat, *call.stored]
+                    APPLY, call.rkeys, [limit, 0, mode, pxat, *call.stored]
                 )
             except (NodeUnavailable, ResponseError) as exc:
                 if isinstance(exc, NodeUnavailable):
@@ -385,6 +386,7 @@ class Writes:
         plans = self.router.write_plans(raws)
         todo: Sequence[int] = range(n)
         limit = self.config.hint_limit
+        mode = apply_mode(True, stored)  # distinct: raws come from a mapping
         while True:
             calls: dict[str, list[int]] = defaultdict(list)
             any_missed = False
@@ -415,7 +417,7 @@ class Writes:
                         argv.extend(hint_keys(self.config.namespace, m))
                         argv.append(len(members))
                         argv.extend(members)
-                argv.append(1)  # distinct keys: raws come from a mapping
+                argv.append(mode)
                 argv.append(pxat)
                 argv.extend([stored[i] for i in idx])
                 try:
