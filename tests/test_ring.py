@@ -309,7 +309,7 @@ def test_bad_construction_names_the_field(
         ring_impl.Ring(nodes, **kwargs)
 
 
-@pytest.mark.parametrize("n", [0, -1, 1.0, None])
+@pytest.mark.parametrize("n", [0, -1, -(2**70), 1.0, None, True])
 def test_preference_list_rejects_bad_n(ring_impl: ModuleType, n: object) -> None:
     ring = ring_impl.Ring(["a", "b"])
     with pytest.raises(ValueError, match=r"^n"):
@@ -324,6 +324,10 @@ def test_preference_list_caps_at_node_count(ring_impl: ModuleType) -> None:
     assert sorted(pref) == ["a", "b", "c"]
     assert pref[0] == ring.lookup("key")
     assert ring.preference_list("key", 1) == (ring.lookup("key"),)
+    # an n past any C integer is capped like any other, in every call that takes one
+    assert ring.preference_list("key", 2**70) == pref
+    assert ring.preference_lists(["key"], 2**70) == [pref]
+    assert ring.group_by_preference(["key"], 2**70) == {pref: ["key"]}
 
 
 @pytest.mark.parametrize("nodes", [3, 64, 65, 200])

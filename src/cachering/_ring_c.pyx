@@ -19,6 +19,7 @@ stays in this file, which is why it runs past the usual ~600 lines.
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_Check, PyBytes_GET_SIZE
 from cpython.list cimport PyList_New
+from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_New, PyTuple_SET_ITEM
@@ -430,12 +431,24 @@ cdef class Ring:
             PyObject_GC_UnTrack(<PyObject*>out)
         return out
 
+    cdef Py_ssize_t _want(self, object n) except -1:
+        """``n`` checked as the twin checks it, and capped at the node count before it
+        becomes a C integer (a list never holds more nodes than the ring has)."""
+        cdef int overflow = 0
+        cdef long long value = 0
+        if type(n) is int:
+            value = PyLong_AsLongLongAndOverflow(n, &overflow)
+        if value < 1 and overflow <= 0:
+            _check_n(n)  # raises the twin's ValueError
+        cdef Py_ssize_t nodes = len(self._names)
+        return nodes if overflow > 0 or value > nodes else <Py_ssize_t>value
+
     def preference_list(self, key, n):
         """The first ``n`` distinct nodes clockwise from ``key`` (fewer if the ring has fewer).
 
         The first entry is ``lookup(key)``.
         """
-        cdef Py_ssize_t count = n if type(n) is int and n >= 1 else _check_n(n)
+        cdef Py_ssize_t count = self._want(n)
         self._check_nonempty()
         cdef Py_ssize_t start = self._find(_hash_key(self._mode, self._seed, key))
         cdef Py_ssize_t nn = len(self._names)
@@ -456,7 +469,7 @@ cdef class Ring:
 
     def preference_lists(self, keys, n):
         """``preference_list(key, n)`` for every key, in order."""
-        cdef Py_ssize_t count = _check_n(n), i, j, total, done = 0
+        cdef Py_ssize_t count = self._want(n), i, j, total, done = 0
         self._check_nonempty()
         if type(keys) is not tuple and (type(keys) is not list or not _plain_keys(keys)):
             keys = tuple(keys)
@@ -513,7 +526,7 @@ cdef class Ring:
     def group_by_preference(self, keys, n):
         """Keys grouped by ``preference_list(key, n)``: the caller's key objects, in the
         caller's order, under each distinct list in the order it first occurs."""
-        cdef Py_ssize_t count = _check_n(n), i, total, g
+        cdef Py_ssize_t count = self._want(n), i, total, g
         self._check_nonempty()
         if type(keys) is not tuple and (type(keys) is not list or not _plain_keys(keys)):
             keys = tuple(keys)  # hashing a plain list's keys runs no Python code

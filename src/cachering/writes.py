@@ -133,8 +133,6 @@ class Writes:
         self._pools = pools
         self._clock = clock
         self._prefix = f"{config.namespace}:k:".encode()
-        self._max_value_size = config.max_value_size
-        self._default_level = config.consistency
         self._on_failure = on_failure
         self._ops = ops
         self._errors = errors
@@ -157,9 +155,9 @@ class Writes:
         # inline: a single write is latency-bound, and each call and coroutine layer shows.
         raw = key.encode() if type(key) is str else key_bytes(key)
         data = value if type(value) is bytes else self.value(value)
-        if len(data) > self._max_value_size:
+        if len(data) > self.config.max_value_size:
             self.value(data)  # raises, naming the limit
-        level = self._default_level if consistency is None else self.level(consistency)
+        level = self.level(consistency)
         pxat = 0 if ttl is None else _wall_ms() + _ttl_ms(ttl)
         self._ops["set"] += 1
         return self._write_one(raw, self._clock.stamp(data), pxat, level)
