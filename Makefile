@@ -18,7 +18,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-$(STAMP): $(PY) pyproject.toml setup.py src/cachering/_ring_c.pyx
+$(STAMP): $(PY) pyproject.toml setup.py $(wildcard src/cachering/*/*.pyx src/cachering/*/*.pxi)
 	$(PIP) install -q -e '.[test,local,bench,prometheus]'
 	touch $(STAMP)
 
@@ -70,4 +70,4 @@ wheel:  ## sdist and a wheel for this machine into dist/
 	$(PY) -m pip wheel --no-deps -w dist .
 
 clean:
-	rm -rf build dist *.egg-info src/*.egg-info src/cachering/_ring_c.c src/cachering/*.so .benchmarks
+	rm -rf build dist *.egg-info src/*.egg-info src/cachering/*/_*_c.c src/cachering/*/*.so .benchmarks

@@ -10,7 +10,7 @@ if not os.environ.get("CACHERING_NO_EXTENSIONS") and platform.python_implementat
     from Cython.Build import cythonize
 
     ext_modules = cythonize(
-        ["src/cachering/_ring_c.pyx", "src/cachering/_resp_c.pyx"],
+        ["src/cachering/ring/_ring_c.pyx", "src/cachering/resp/_resp_c.pyx"],
         compiler_directives={"language_level": "3"},
     )
 

@@ -39,10 +39,10 @@ from typing import Any
 
 import anyio
 
-from cachering import values
 from cachering.cluster import Cluster
 from cachering.config import ClusterConfig
-from cachering.data_scripts import APPLY_ONE, APPLY_SOURCE, apply_args
+from cachering.data import values
+from cachering.data.scripts import APPLY_ONE, APPLY_SOURCE, apply_args
 from cachering.local import LocalCluster
 from cachering.node import NodeSpec
 from cachering.resp import Pool, Script

@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import uhashring
 
-from cachering import _ring_c, _ring_py
 from cachering.cli.bench import best_time
+from cachering.ring import _ring_c, _ring_py
 
 _rnd = random.Random(20240229)
 KEYS = ["".join(_rnd.choices(string.ascii_letters + string.digits, k=16)) for _ in range(100_000)]

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import uhashring
 
-from cachering import _ring_py
+from cachering.ring import _ring_py
 
 try:
-    from cachering import _ring_c
+    from cachering.ring import _ring_c
 except ImportError:  # pragma: no cover - only without a compiler
     _ring_c = None  # type: ignore[assignment]
 

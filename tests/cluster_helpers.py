@@ -6,8 +6,9 @@ from collections.abc import Iterable, Sequence
 
 import redis
 
-from cachering import NodeSpec, values
+from cachering import NodeSpec
 from cachering.config import ClusterConfig
+from cachering.data import values
 from cachering.local import LocalCluster
 
 

@@ -10,8 +10,8 @@ from types import ModuleType
 import pytest
 from hypothesis import HealthCheck, settings
 
-from cachering import _ring_py
 from cachering.local import LocalCluster
+from cachering.ring import _ring_py
 from cluster_helpers import Inspector
 
 # Shared CI machines are slow and noisy: no per-example deadline and no "too slow"
@@ -32,7 +32,7 @@ _IMPLEMENTATIONS: dict[str, ModuleType | None] = {"py": _ring_py}
 try:
     # Imported directly (not through the switch) so that a broken build fails loudly
     # in test_ring_guard instead of silently testing the Python twin twice.
-    from cachering import _ring_c
+    from cachering.ring import _ring_c
 
     _IMPLEMENTATIONS["c"] = _ring_c
 except ImportError:  # pragma: no cover - only without a compiler
@@ -45,7 +45,7 @@ def ring_impl(request: pytest.FixtureRequest) -> ModuleType:
     module = _IMPLEMENTATIONS[request.param]
     if module is None:
         if EXTENSIONS_EXPECTED:
-            pytest.fail("the compiled ring (cachering._ring_c) should have loaded and did not")
+            pytest.fail("the compiled ring (cachering.ring._ring_c) should have loaded and did not")
         pytest.skip("compiled ring not built (CACHERING_NO_EXTENSIONS or not CPython)")
     return module
 

@@ -13,7 +13,7 @@ import redis
 from anyio.abc import TaskGroup
 
 from cachering.config import ClusterConfig
-from cachering.control import ControlPlane
+from cachering.control.plane import ControlPlane
 from cachering.node import NodeSpec
 
 SECRET = b"test-secret-0123456789abcdef"

@@ -23,12 +23,12 @@ import attrs
 import redis
 from anyio.abc import TaskGroup
 
-from cachering import values
 from cachering.cluster import Cluster
 from cachering.config import ClusterConfig
+from cachering.data import values
 from cachering.errors import CacheringError
-from cachering.faults import FaultProxy
 from cachering.local import LocalCluster
+from cachering.local.faults import FaultProxy
 from cachering.node import NodeSpec
 
 SECRET = b"failover-secret-0123456789abcdef"
@@ -496,7 +496,7 @@ async def check_all(
         failed_reads_allowed=failed_reads_allowed, misses_allowed=misses_allowed
     )
     await checker.final_values(lead)
-    # Hints do not cover every fault (see cachering.sweep): the copies must agree once an
+    # Hints do not cover every fault (see cachering.repair.sweep): the copies must agree once an
     # anti-entropy sweep has run after healing. A copy still wrong after that is a violation.
     await f.swept()
     await anyio.to_thread.run_sync(checker.copies_agree, lead, f.redis)

@@ -11,8 +11,8 @@ import anyio
 import anyio.abc
 import pytest
 
-from cachering import values
 from cachering.cluster import Cluster
+from cachering.data import values
 from cachering.local import LocalCluster
 from cluster_helpers import Inspector, config
 

@@ -8,8 +8,8 @@ import random
 import anyio
 import pytest
 
-from cachering import values
 from cachering.cluster import Cluster
+from cachering.data import values
 from cachering.local import LocalCluster
 from cluster_helpers import Inspector, config
 

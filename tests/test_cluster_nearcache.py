@@ -9,9 +9,9 @@ import anyio
 import pytest
 
 from cachering.cluster import Cluster
+from cachering.data.nearcache import InvalidationCodec, NearCache
 from cachering.local import LocalCluster
 from cachering.messages import Keyring, MessageCodec
-from cachering.nearcache import InvalidationCodec, NearCache
 from cluster_helpers import Inspector, config
 
 pytestmark = pytest.mark.anyio

@@ -6,9 +6,9 @@ import pytest
 
 from cachering import NodeSpec
 from cachering.config import ClusterConfig
+from cachering.control.topology import Topology
+from cachering.data.routing import Router
 from cachering.ring import Ring
-from cachering.routing import Router
-from cachering.topology import Topology
 
 NODES = tuple(NodeSpec(f"n{i}", "127.0.0.1", 7000 + i) for i in range(4))
 KEYS = [f"key{i}".encode() for i in range(300)]

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import anyio
 import pytest
 
-from cachering import values
 from cachering.cluster import Cluster
+from cachering.data import values
 from cachering.local import LocalCluster
 from cluster_helpers import Inspector, config
 

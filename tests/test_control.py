@@ -11,14 +11,14 @@ import anyio
 import pytest
 import redis
 
-from cachering.control import ControlPlane, NotLeader
-from cachering.control_scripts import TOPOLOGY_CAS_LUA, VOTE_LUA
+from cachering.control.plane import ControlPlane, NotLeader
+from cachering.control.scripts import TOPOLOGY_CAS_LUA, VOTE_LUA
+from cachering.control.topology import Topology
 from cachering.events import NodeDown, NodeRecovering, NodeUp
-from cachering.faults import FaultProxy
 from cachering.local import LocalCluster
+from cachering.local.faults import FaultProxy
 from cachering.messages import ControlMessage, Keyring, MessageCodec
 from cachering.node import NodeSpec
-from cachering.topology import Topology
 from control_helpers import SECRET, EpochSampler, Managers, control_config, managers
 
 pytestmark = pytest.mark.anyio

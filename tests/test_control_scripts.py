@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from cachering.control_scripts import (
+from cachering.control.scripts import (
     READ_LUA,
     SEED_FLOOR_LUA,
     TOPOLOGY_CAS_LUA,
@@ -34,9 +34,9 @@ from cachering.control_scripts import (
     topology_cas_args,
     vote_args,
 )
+from cachering.control.topology import Topology
 from cachering.local import LocalCluster
 from cachering.node import NodeSpec
-from cachering.topology import Topology
 
 pytestmark = pytest.mark.redis
 

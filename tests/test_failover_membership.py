@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 from cachering.cluster import Cluster
-from cachering.control import NotLeader
+from cachering.control.plane import NotLeader
 from cachering.events import NodeDown
 from cachering.local import LocalCluster
 from failover_harness import check_all, failover_config, fleet

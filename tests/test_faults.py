@@ -12,8 +12,8 @@ from anyio.abc import SocketStream
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from cachering.faults import FaultProxy
 from cachering.local import LocalCluster
+from cachering.local.faults import FaultProxy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 

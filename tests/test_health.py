@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 import anyio
 import pytest
 
+from cachering.control.health import HealthMonitor, parse_info
 from cachering.events import EventBus, NodeHealthy, NodeRestarted, NodeSuspect
-from cachering.health import HealthMonitor, parse_info
 from cachering.local import LocalCluster
 from cachering.resp.pool import Pool
 

@@ -19,9 +19,10 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from cachering import NodeSpec, ServerNotFound, local_procs
-from cachering import local as local_mod
+from cachering import NodeSpec, ServerNotFound
 from cachering.local import LocalCluster, ServerStartError, find_server
+from cachering.local import procs as local_procs
+from cachering.local import servers as local_mod
 
 pytestmark = pytest.mark.redis
 

@@ -10,7 +10,7 @@ import pytest
 
 from cachering.cluster import Cluster
 from cachering.config import ClusterConfig
-from cachering.control import ControlPlane
+from cachering.control.plane import ControlPlane
 from cachering.local import LocalCluster
 from cachering.metrics import flatten, hit_rate, samples, status_samples, total_operations
 from cachering.prometheus import render, serve

@@ -8,19 +8,20 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import redis
 
-from cachering import local_procs, values
-from cachering.copies import drop_stand_in_copies
+from cachering.data import values
 from cachering.local import LocalCluster
-from cachering.repair import (
+from cachering.local import procs as local_procs
+from cachering.repair.copies import drop_stand_in_copies
+from cachering.repair.hints import (
     clear_node,
     overflowed,
     pending_hints,
     replay_hints,
     resync_node,
 )
+from cachering.repair.sweep import anti_entropy
 from cachering.resp.pool import Pool
 from cachering.ring import Ring
-from cachering.sweep import anti_entropy
 
 pytestmark = pytest.mark.anyio
 

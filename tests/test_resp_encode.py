@@ -10,8 +10,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cachering import _resp_c  # type: ignore[attr-defined]
-from cachering.resp import connection, pack_command
+from cachering.resp import (
+    _resp_c,  # type: ignore[attr-defined]
+    connection,
+    pack_command,
+)
 
 arguments = st.one_of(
     st.binary(max_size=300),

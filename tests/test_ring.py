@@ -28,7 +28,7 @@ EXTENSIONS_EXPECTED = (
 def test_compiled_ring_loaded_when_expected() -> None:
     if EXTENSIONS_EXPECTED:
         assert cachering.ring.IMPLEMENTATION == "c"
-        assert cachering.ring.Ring.__module__ == "cachering._ring_c"
+        assert cachering.ring.Ring.__module__ == "cachering.ring._ring_c"
     else:
         assert cachering.ring.IMPLEMENTATION == "python"
 

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cachering import _ring_py
+from cachering.ring import _ring_py
 
 try:
-    from cachering import _ring_c
+    from cachering.ring import _ring_c
 except ImportError:  # pragma: no cover - only without a compiler
     _ring_c = None  # type: ignore[assignment]
 

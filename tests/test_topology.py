@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cachering.control.topology import NODE_STATES, Topology, TopologyNode
 from cachering.node import NodeSpec
-from cachering.topology import NODE_STATES, Topology, TopologyNode
 
 SPECS = [
     NodeSpec("c", "127.0.0.1", 7002),

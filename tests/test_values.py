@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
-from cachering import values
-from cachering.data_scripts import (
+from cachering.data import values
+from cachering.data.scripts import (
     APPLY_ONE_SOURCE,
     APPLY_SOURCE,
     LARGE_VALUE,

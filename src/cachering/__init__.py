@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from .cluster import Cluster
 from .config import ClusterConfig
-from .control import ControlPlane
-from .control_scripts import BadControlReply
+from .control.plane import ControlPlane
+from .control.scripts import BadControlReply
 from .errors import (
     CacheringError,
     ConfigError,

@@ -7,11 +7,11 @@ b'...'
 
 Each key lives on its home copies (:meth:`Cluster.preference_list`). Writes carry a
 version and go through one apply-if-newer Lua script on every copy (the write engine is
-:class:`~cachering.writes.Writes`; see also :mod:`cachering.values` and
-:mod:`cachering.data_scripts`); reads try the copies in order and fall back on a
+:class:`~cachering.data.writes.Writes`; see also :mod:`cachering.data.values` and
+:mod:`cachering.data.scripts`); reads try the copies in order and fall back on a
 connection error or timeout within the same call.
 
-The failover layer (:class:`~cachering.control.ControlPlane`: health, election, topology,
+The failover layer (:class:`~cachering.control.plane.ControlPlane`: health, election, topology,
 repair) runs in the cluster's task group unless ``config.control_plane`` is False. It
 routes by the committed topology: every node stays on the ring whatever its state (so
 its keys do not move while it is away); ``down`` nodes take no writes (the next node
@@ -32,26 +32,26 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from . import values
 from .config import ClusterConfig, Consistency
-from .control import ControlPlane
-from .data_scripts import APPLY
-from .errors import NodeUnavailable, ResponseError
-from .events import EventBus, Subscription
-from .messages import Keyring, MessageCodec
-from .nearcache import (
+from .control.plane import ControlPlane
+from .control.topology import Topology
+from .data import values
+from .data.nearcache import (
     InvalidationCodec,
     InvalidationPublisher,
     InvalidationSubscriber,
     NearCache,
     NearCacheStats,
 )
+from .data.replication import Synchronizer
+from .data.routing import Router, each_node
+from .data.scripts import APPLY
+from .data.writes import TTL, Items, Key, Value, Writes, key_bytes
+from .errors import NodeUnavailable, ResponseError
+from .events import EventBus, Subscription
+from .messages import Keyring, MessageCodec
 from .node import NodeSpec
 from .resp import Pool, PubSub
-from .routing import Router, each_node
-from .sync import Synchronizer
-from .topology import Topology
-from .writes import TTL, Items, Key, Value, Writes, key_bytes
 
 __all__ = ["Cluster"]
 
@@ -303,7 +303,7 @@ class Cluster:
         return {**self.control.status(), "control_plane": True}
 
     async def add_node(self, spec: NodeSpec) -> Topology:
-        """Add a node (leader only; others raise :class:`~cachering.control.NotLeader`)."""
+        """Add a node (leader only; others raise :class:`~cachering.control.plane.NotLeader`)."""
         return await self._need_control().add_node(spec)
 
     async def remove_node(self, node_id: str) -> Topology:

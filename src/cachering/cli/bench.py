@@ -23,8 +23,8 @@ from typing import Any
 
 import anyio
 
-from .. import _ring_py
 from ..config import ClusterConfig
+from ..ring import _ring_py
 from .args import int_in
 from .output import Style, UsageError, print_json, table
 
@@ -86,7 +86,7 @@ def _loop(fn: Callable[[str], object], keys: list[str]) -> Callable[[], None]:
 
 def _compiled() -> ModuleType | None:
     try:
-        return importlib.import_module("cachering._ring_c")
+        return importlib.import_module("cachering.ring._ring_c")
     except ImportError:
         return None
 

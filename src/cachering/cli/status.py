@@ -18,12 +18,12 @@ from typing import Any
 import anyio
 
 from ..config import ClusterConfig
-from ..control_scripts import control_keys
+from ..control.scripts import control_keys
+from ..control.topology import Topology
 from ..errors import CacheringError, ConfigError
 from ..node import NodeSpec
 from ..resp import Pool
 from ..ring import Ring
-from ..topology import Topology
 from .args import float_in
 from .output import Live, Style, UsageError, fmt_bytes, fmt_count, fmt_percent, print_json, table
 
@@ -185,7 +185,7 @@ class ControlTap:
     """
 
     def __init__(self, config: ClusterConfig) -> None:
-        from ..control import keyring_of
+        from ..control.plane import keyring_of
         from ..messages import MessageCodec
 
         self.config = config

@@ -45,7 +45,7 @@ if os.environ.get("CACHERING_NO_EXTENSIONS") or platform.python_implementation()
     _pack, ENCODER = hiredis.pack_command, "hiredis"
 else:
     try:
-        from .._resp_c import pack_command as _pack  # type: ignore[import-not-found,no-redef]
+        from ._resp_c import pack_command as _pack  # type: ignore[import-not-found,no-redef]
 
         ENCODER = "c"
     except ImportError:  # built without a compiler: hiredis encodes the same bytes

@@ -4,7 +4,7 @@
 came back empty, suspicion reports, the epoch whose re-stamped topology was committed)
 and runs on the state of its :class:`ControlHost` (the control plane), which owns the
 topology, the connections and the control channel. Nothing here runs unless the host
-leads; see :mod:`cachering.control` for the rules each duty follows.
+leads; see :mod:`cachering.control.plane` for the rules each duty follows.
 """
 
 from __future__ import annotations
@@ -15,25 +15,25 @@ from typing import Any, Protocol
 import anyio
 from anyio.abc import TaskGroup
 
-from .config import ClusterConfig
-from .control_scripts import TOPOLOGY_CAS_LUA, CasReply, ControlKeys, parse_cas, topology_cas_args
-from .election import Election, fan_out, read_states
-from .errors import CacheringError, NodeUnavailable, NotLeader
-from .events import EventBus, HintsReplayed
-from .health import HealthMonitor
-from .messages import MessageKind
-from .node import NodeSpec
-from .repair import (
+from ..config import ClusterConfig
+from ..errors import CacheringError, NodeUnavailable, NotLeader
+from ..events import EventBus, HintsReplayed
+from ..messages import MessageKind
+from ..node import NodeSpec
+from ..repair.hints import (
     clear_node,
     overflowed,
     pending_hints,
     replay_hints,
     resync_node,
 )
-from .resp.pool import Pool
-from .resp.script import Script
-from .ring import Ring
-from .sweep import SweepResult, anti_entropy
+from ..repair.sweep import SweepResult, anti_entropy
+from ..resp.pool import Pool
+from ..resp.script import Script
+from ..ring import Ring
+from .election import Election, fan_out, read_states
+from .health import HealthMonitor
+from .scripts import TOPOLOGY_CAS_LUA, CasReply, ControlKeys, parse_cas, topology_cas_args
 from .topology import NodeState, Topology, TopologyNode
 
 __all__ = ["ControlHost", "LeaderDuties"]

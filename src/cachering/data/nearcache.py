@@ -26,10 +26,10 @@ import anyio
 import attrs
 from anyio.abc import TaskStatus
 
-from .errors import NodeUnavailable, ResponseError
-from .messages import ControlMessage, MessageCodec, MessageRejected
-from .node import NodeSpec
-from .resp.pool import Pool
+from ..errors import NodeUnavailable, ResponseError
+from ..messages import ControlMessage, MessageCodec, MessageRejected
+from ..node import NodeSpec
+from ..resp.pool import Pool
 
 __all__ = [
     "InvalidationCodec",

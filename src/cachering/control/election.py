@@ -1,6 +1,6 @@
 """Leader election: a majority vote of the configured nodes, numbered by epochs.
 
-How it works (the node-side rules are the Lua scripts of :mod:`cachering.control_scripts`):
+How it works (the node-side rules are the Lua scripts of :mod:`cachering.control.scripts`):
 
 - A follower that has heard no leader heartbeat for ``election_timeout`` (plus a random
   back-off, so candidates rarely duel) becomes a candidate: it takes an epoch above every
@@ -13,7 +13,7 @@ How it works (the node-side rules are the Lua scripts of :mod:`cachering.control
   announces itself on the control channel. It steps down as soon as a node reports a
   higher epoch, or when ``failure_threshold`` renewals in a row miss a majority.
 - Nodes that answer ``NOTREADY`` (restarted empty, or a fresh cluster) are seeded with an
-  epoch floor through :func:`~cachering.control_scripts.plan_seed` and ``SEED_FLOOR``
+  epoch floor through :func:`~cachering.control.scripts.plan_seed` and ``SEED_FLOOR``
   before they vote again.
 
 Safety does not depend on clocks agreeing across machines: at most one candidate can
@@ -32,7 +32,11 @@ from typing import Any, TypeVar
 import anyio
 from anyio.abc import TaskStatus
 
-from .control_scripts import (
+from ..errors import NodeUnavailable, ResponseError
+from ..events import EventBus, LeaderChanged
+from ..resp.pool import Pool
+from ..resp.script import Script
+from .scripts import (
     READ_LUA,
     SEED_FLOOR_LUA,
     VOTE_LUA,
@@ -47,10 +51,6 @@ from .control_scripts import (
     seed_args,
     vote_args,
 )
-from .errors import NodeUnavailable, ResponseError
-from .events import EventBus, LeaderChanged
-from .resp.pool import Pool
-from .resp.script import Script
 
 __all__ = ["Election", "fan_out", "read_states"]
 

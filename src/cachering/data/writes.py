@@ -19,15 +19,15 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, NamedTuple
 
+from ..config import ClusterConfig, Consistency
+from ..errors import ConsistencyError, NodeUnavailable, ResponseError
+from ..resp import Pool
+from ..ring import Ring
 from . import values
-from .config import ClusterConfig, Consistency
-from .data_scripts import APPLY, APPLY_ONE, HintGroup, apply_args, apply_mode, hint_keys
-from .errors import ConsistencyError, NodeUnavailable, ResponseError
 from .nearcache import InvalidationPublisher, NearCache
-from .resp import Pool
-from .ring import Ring
+from .replication import Entry, Synchronizer
 from .routing import Router, each_node
-from .sync import Entry, Synchronizer
+from .scripts import APPLY, APPLY_ONE, HintGroup, apply_args, apply_mode, hint_keys
 
 __all__ = ["TTL", "Items", "Key", "Value", "Writes", "key_bytes"]
 

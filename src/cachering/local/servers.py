@@ -12,7 +12,7 @@ killed outright. Servers stay in the parent's process group, so Ctrl-C reaches t
 NodeSpec(id='n0', host='127.0.0.1', port=..., ...)
 
 Finding the server binary and the rules every server process is started under are in
-:mod:`cachering.local_procs`.
+:mod:`cachering.local.procs`.
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ from urllib.parse import quote
 
 import anyio
 
-from .errors import ServerStartError
-from .local_procs import (
+from ..errors import ServerStartError
+from ..node import NodeSpec
+from .procs import (
     HOW_TO_GET,
     MIN_VERSION,
     SPAWNER,
@@ -45,7 +46,6 @@ from .local_procs import (
     server_version,
     supports_tls,
 )
-from .node import NodeSpec
 
 __all__ = ["LocalCluster", "ServerStartError", "find_server", "server_version"]
 

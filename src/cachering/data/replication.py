@@ -28,11 +28,11 @@ import anyio
 import attrs
 from anyio.abc import TaskStatus
 
-from .data_scripts import apply_args, apply_mode, entry_args, hint_keys
-from .errors import NodeUnavailable, ResponseError
-from .resp.pool import Pool
-from .resp.script import Script
+from ..errors import NodeUnavailable, ResponseError
+from ..resp.pool import Pool
+from ..resp.script import Script
 from .routing import each_node
+from .scripts import apply_args, apply_mode, entry_args, hint_keys
 
 __all__ = ["Entry", "SyncStats", "Synchronizer"]
 

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from fractions import Fraction
 from typing import Any
 
-from .errors import EmptyRingError
+from ..errors import EmptyRingError
 
 __all__ = ["HASH_MODES", "MAX_NODES", "MAX_POINTS", "Ring", "murmur3_32"]
 

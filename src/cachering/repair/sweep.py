@@ -5,7 +5,7 @@ set that could not be written, a manager that died with replica writes queued), 
 leader also sweeps: every key on every up node is compared, by its version header, with
 its other home copies, and the newest version is pushed to the copies that are older or
 missing. Copies on nodes that are not a home of their key are deleted where every home
-holds the same version or a newer one (see :func:`cachering.copies.drop_redundant`).
+holds the same version or a newer one (see :func:`cachering.repair.copies.drop_redundant`).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 
+from ..data.scripts import apply_args
+from ..resp.pool import Pool
 from .copies import APPLY, ERRORS, Homes, drop_redundant, read_copies, read_versions
-from .data_scripts import apply_args
-from .resp.pool import Pool
 
 __all__ = ["SweepResult", "anti_entropy"]
 

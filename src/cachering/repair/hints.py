@@ -2,7 +2,7 @@
 
 While a node is down (or routed around), every write it should have taken goes to a stand-in
 that also records the key in the hint set ``{ns}:hint:{node}`` on the node that took the
-write (see :mod:`cachering.data_scripts`). When the node answers again:
+write (see :mod:`cachering.data.scripts`). When the node answers again:
 
 1. If any node holds the overflow marker ``{ns}:hintoverflow:{node}``, the hint sets are
    incomplete: every cachering key of the node is deleted (``SCAN`` + ``UNLINK`` in
@@ -19,8 +19,8 @@ write (see :mod:`cachering.data_scripts`). When the node answers again:
 
 Hints cannot cover everything (a write a server applied but whose reply was lost, a hint
 set that could not be written, a manager that died with replica writes queued), so the
-leader also runs anti-entropy sweeps (:mod:`cachering.sweep`). Copies are read and
-written with the helpers of :mod:`cachering.copies`.
+leader also runs anti-entropy sweeps (:mod:`cachering.repair.sweep`). Copies are read and
+written with the helpers of :mod:`cachering.repair.copies`.
 
 Because writes apply only when newer, replay never overwrites a newer write the node
 received directly (it is writable while recovering).
@@ -34,6 +34,9 @@ from typing import Any
 import anyio
 import attrs
 
+from ..data.scripts import apply_args, hint_keys
+from ..resp.pool import Pool
+from ..resp.script import Script
 from .copies import (
     APPLY,
     DELETE_IF_SAME,
@@ -43,9 +46,6 @@ from .copies import (
     read_copies,
     version_of,
 )
-from .data_scripts import apply_args, hint_keys
-from .resp.pool import Pool
-from .resp.script import Script
 
 __all__ = [
     "RepairResult",

@@ -1,6 +1,6 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 # cython: initializedcheck=False
-"""Compiled consistent-hash ring; answers identically to ``cachering._ring_py``.
+"""Compiled consistent-hash ring; answers identically to ``cachering.ring._ring_py``.
 
 Layout: a sorted ``uint32`` point array (plus a few 0xFFFFFFFF padding entries), a
 parallel ``uint16`` owner array and a bucket index on the top bits of the hash (at most
@@ -30,7 +30,7 @@ from libc.string cimport memcpy, memset
 
 from ._ring_py import _check_n, _check_options, _check_seed, _format_repr, _parse_nodes
 from ._ring_py import _point_counts
-from .errors import EmptyRingError
+from ..errors import EmptyRingError
 
 __all__ = ["Ring", "murmur3_32"]
 

@@ -1,7 +1,7 @@
 """The Lua scripts every data write goes through, and helpers that build their arguments.
 
 ``APPLY`` writes many keys in one call, each only if the incoming version is newer than the
-stored one (see :mod:`cachering.values`), with an absolute expiry (``PXAT``) computed once by
+stored one (see :mod:`cachering.data.values`), with an absolute expiry (``PXAT``) computed once by
 the writer. It can also record hints (keys that some node missed) in the same round trip.
 
 Arguments::
@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from .resp.script import Script
+from ..resp.script import Script
 
 __all__ = [
     "APPLY",

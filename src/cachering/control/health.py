@@ -21,9 +21,9 @@ import anyio
 import attrs
 from anyio.abc import TaskStatus
 
-from .errors import NodeUnavailable, ResponseError
-from .events import EventBus, NodeHealthy, NodeRestarted, NodeSuspect
-from .resp.pool import Pool
+from ..errors import NodeUnavailable, ResponseError
+from ..events import EventBus, NodeHealthy, NodeRestarted, NodeSuspect
+from ..resp.pool import Pool
 
 __all__ = ["HealthMonitor", "NodeHealth", "parse_info"]
 

@@ -32,8 +32,8 @@ from typing import Any, TypeVar
 import anyio
 import attrs
 
-from .config import ClusterConfig
-from .ring import Ring
+from ..config import ClusterConfig
+from ..ring import Ring
 
 __all__ = ["Router", "WritePlan", "each_node"]
 
@@ -148,7 +148,7 @@ class Router:
         self.version += 1
 
     def set_topology(self, topology: Any) -> None:
-        """Route by a :class:`~cachering.topology.Topology` snapshot.
+        """Route by a :class:`~cachering.control.topology.Topology` snapshot.
 
         Every node of the topology stays on the ring with its weight; nodes that are not
         ``readable`` serve no reads and nodes that are not ``writable`` get no writes.

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import ServerNotFound, ServerStartError
+from ..errors import ServerNotFound, ServerStartError
 
 __all__ = [
     "HOW_TO_GET",

@@ -13,7 +13,7 @@ Topology
     read from, every node); a ``gap`` (reconnect) triggers an immediate re-read, and every
     ``topology_refresh_interval`` the nodes are read again in case an announcement was lost.
 
-Leader duties (each heartbeat, on the leader only; :mod:`cachering.leader`)
+Leader duties (each heartbeat, on the leader only; :mod:`cachering.control.leader`)
     A node whose heartbeats fail (and which ``down_quorum`` managers, this one included,
     reported through signed ``suspect`` messages) is marked ``down``. When it answers
     again its keys are cleared if its hint log overflowed, it is marked ``recovering``
@@ -26,7 +26,7 @@ Leader duties (each heartbeat, on the leader only; :mod:`cachering.leader`)
 Anti-entropy (leader only)
     Every ``anti_entropy_interval`` seconds, and once whenever a node comes back up after
     recovery, the leader sweeps every up node and pushes the newest copy of each key to
-    the key's home copies that are behind (:func:`~cachering.sweep.anti_entropy`): the
+    the key's home copies that are behind (:func:`~cachering.repair.sweep.anti_entropy`): the
     backstop for what hints cannot cover (a write applied by a node whose reply was lost,
     a hint that could not be recorded, replica writes lost with a crashed manager).
 
@@ -52,11 +52,9 @@ import anyio
 import attrs
 from anyio.abc import TaskGroup, TaskStatus
 
-from .config import ClusterConfig
-from .control_scripts import control_keys
-from .election import Election, fan_out, read_states
-from .errors import NodeUnavailable, NotLeader
-from .events import (
+from ..config import ClusterConfig
+from ..errors import NodeUnavailable, NotLeader
+from ..events import (
     EventBus,
     NodeAdded,
     NodeDown,
@@ -66,19 +64,21 @@ from .events import (
     NodeWeightChanged,
     TopologyChanged,
 )
+from ..messages import ControlMessage, Keyring, MessageCodec, MessageKind, MessageRejected
+from ..node import NodeSpec
+from ..repair.hints import pending_hints
+from ..repair.sweep import SweepResult
+from ..resp.pool import Pool
+from ..resp.pubsub import PubSub
+from .election import Election, fan_out, read_states
 from .health import HealthMonitor
 from .leader import LeaderDuties
-from .messages import ControlMessage, Keyring, MessageCodec, MessageKind, MessageRejected
-from .node import NodeSpec
-from .repair import pending_hints
-from .resp.pool import Pool
-from .resp.pubsub import PubSub
-from .sweep import SweepResult
+from .scripts import control_keys
 from .topology import Topology
 
 __all__ = ["ControlPlane", "NotLeader"]  # NotLeader lives in errors; re-exported here
 
-logger = logging.getLogger("cachering.control")
+logger = logging.getLogger("cachering.control.plane")
 
 
 def keyring_of(config: ClusterConfig) -> Keyring | None:
@@ -542,7 +542,7 @@ class ControlPlane:
         return self._duties.last_sweep
 
     async def sweep(self) -> SweepResult:
-        """Run one anti-entropy sweep now (see :func:`~cachering.sweep.anti_entropy`).
+        """Run one anti-entropy sweep now (see :func:`~cachering.repair.sweep.anti_entropy`).
 
         Every up node is scanned and the newest copy of each key is pushed to the key's
         writable home copies that are behind. The leader runs this on its own; calling it

@@ -44,7 +44,7 @@ from typing import Final, Literal
 
 import attrs
 
-from .errors import CacheringError
+from ..errors import CacheringError
 from .topology import MAX_STAMP, Topology
 
 __all__ = [

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from .data_scripts import APPLY
-from .errors import NodeUnavailable, ResponseError
-from .resp.pool import Pool
-from .resp.script import Script
+from ..data.scripts import APPLY
+from ..errors import NodeUnavailable, ResponseError
+from ..resp.pool import Pool
+from ..resp.script import Script
 
 __all__ = [
     "APPLY",
