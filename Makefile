@@ -46,9 +46,10 @@ test-c: install
 test-pure: install  ## the suite with CACHERING_NO_EXTENSIONS=1 (the pure-Python ring)
 	CACHERING_NO_EXTENSIONS=1 $(PYTEST) -q -m "not slow"
 
-lint: install  ## ruff
+lint: install  ## ruff, and the import-linter contracts that keep the layers pointing down
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m ruff format --check src tests benchmarks
+	$(VENV)/bin/lint-imports --config pyproject.toml
 
 typecheck: install  ## mypy --strict
 	$(PY) -m mypy
