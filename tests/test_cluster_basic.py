@@ -262,22 +262,3 @@ async def test_routing_swap_moves_new_writes(
         await cluster.set_many({f"s{i}": b"v" for i in range(50)})
         assert inspect.data_keys("n2", ns) == {f"s{i}".encode() for i in range(50)}
         assert inspect.data_keys("n0", ns) == set()
-
-
-async def test_start_service_runs_in_the_cluster_task_group(local: LocalCluster, ns: str) -> None:
-    events: list[str] = []
-
-    async def service(*, task_status: anyio.abc.TaskStatus[str]) -> None:
-        events.append("started")
-        task_status.started("ready")
-        try:
-            await anyio.sleep_forever()
-        finally:
-            events.append("stopped")
-
-    async with Cluster(config(local.nodes, ns)) as cluster:
-        assert await cluster._start_service(service) == "ready"
-        assert events == ["started"]
-    assert events == ["started", "stopped"]
-    with pytest.raises(RuntimeError, match="not open"):
-        await cluster._start_service(service)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import os
 from collections import defaultdict
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -213,12 +213,6 @@ class Cluster:
         with anyio.CancelScope(shield=True):
             for pool in self._pools.values():
                 await pool.aclose()
-
-    async def _start_service(self, run: Callable[..., Coroutine[Any, Any, Any]]) -> Any:
-        """Start ``run`` in the cluster's task group (``await tg.start(run)``)."""
-        if self._tg is None or self._state != "open":
-            raise RuntimeError("the Cluster is not open")
-        return await self._tg.start(run)
 
     def _check_open(self) -> None:
         if self._state != "open":

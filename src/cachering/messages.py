@@ -57,7 +57,7 @@ __all__ = [
     "RejectReason",
 ]
 
-MessageKind = Literal["topology", "leader", "suspect", "invalidate", "hello", "goodbye"]
+MessageKind = Literal["topology", "leader", "suspect", "invalidate", "goodbye"]
 """What a control message announces (``goodbye``: a manager leaves or steps down)."""
 
 KINDS: Final[frozenset[str]] = frozenset(get_args(MessageKind))

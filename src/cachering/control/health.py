@@ -27,7 +27,6 @@ from ..resp.pool import Pool
 
 __all__ = ["HealthMonitor", "NodeHealth", "parse_info"]
 
-_FIELDS = ("run_id", "used_memory", "connected_clients", "role", "uptime_in_seconds")
 _COMMANDS: tuple[tuple[str, ...], ...] = (
     ("PING",),
     ("INFO", "server"),
@@ -68,7 +67,6 @@ class NodeHealth:
     memory: int | None = None
     clients: int | None = None
     role: str | None = None
-    uptime: int | None = None
     beats: int = 0
 
     def to_dict(self, now: float | None = None) -> dict[str, Any]:
@@ -122,7 +120,6 @@ class HealthMonitor:
         on_suspect: Callable[[str], None] = lambda node: None,
         on_healthy: Callable[[str], None] = lambda node: None,
         on_restart: Callable[[str], None] = lambda node: None,
-        on_beat: Callable[[], None] = lambda: None,
     ) -> None:
         if not (isinstance(interval, (int, float)) and math.isfinite(interval) and interval > 0):
             raise ValueError(f"interval must be a positive number of seconds, got {interval!r}")
@@ -136,7 +133,6 @@ class HealthMonitor:
         self._on_suspect = on_suspect
         self._on_healthy = on_healthy
         self._on_restart = on_restart
-        self._on_beat = on_beat
         self.nodes: dict[str, NodeHealth] = {}
         self.rounds = 0
 
@@ -171,7 +167,6 @@ class HealthMonitor:
             for node, pool in pools.items():
                 tg.start_soon(self._check, node, pool)
         self.rounds += 1
-        self._on_beat()
 
     async def _check(self, node: str, pool: Pool) -> None:
         rec = self.health(node)
@@ -214,7 +209,6 @@ class HealthMonitor:
         rec.memory = _int(info.get("used_memory"))
         rec.clients = _int(info.get("connected_clients"))
         rec.role = info.get("role")
-        rec.uptime = _int(info.get("uptime_in_seconds"))
         run_id = info.get("run_id")
         restarted = rec.run_id is not None and run_id is not None and run_id != rec.run_id
         old = rec.run_id

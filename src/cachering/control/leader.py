@@ -39,7 +39,6 @@ from .topology import NodeState, Topology, TopologyNode
 __all__ = ["ControlHost", "LeaderDuties"]
 
 _CAS = Script(TOPOLOGY_CAS_LUA)
-_DRAIN_EVERY = 1  # leader ticks between checks for hints left on up nodes
 
 
 class ControlHost(Protocol):
@@ -251,8 +250,7 @@ class LeaderDuties:
                     if await self._change(node, "up", epoch):
                         self.sweep_now.set()
                     return
-        if self._ticks % _DRAIN_EVERY == 0:
-            await self._drain_up_nodes()
+        await self._drain_up_nodes()
 
     async def _change(self, node: str, state: NodeState, epoch: int) -> bool:
         def change(current: Topology) -> Topology:

@@ -13,7 +13,7 @@ operation sees either the old routing or the new one, never a mix.
 - Reads try the key's readable home copies, suspects last. Never a stand-in: it holds
   only the writes made while it stood in, so it may hold an old copy.
 
-A topology (:meth:`Router.set_topology`) can also mark ring nodes *unreadable* (never
+A topology (through :meth:`Router.swap`) can also mark ring nodes *unreadable* (never
 read from, e.g. a node replaying hints after a restart) or *unwritable* (down: writes go
 to the next node with a hint). Those nodes stay on the ring so their keys do not move.
 
@@ -146,21 +146,6 @@ class Router:
                     table[name] = weight
         self._route = self._make_route(table, unreadable, unwritable)
         self.version += 1
-
-    def set_topology(self, topology: Any) -> None:
-        """Route by a :class:`~cachering.control.topology.Topology` snapshot.
-
-        Every node of the topology stays on the ring with its weight; nodes that are not
-        ``readable`` serve no reads and nodes that are not ``writable`` get no writes.
-        """
-        nodes = getattr(topology, "nodes", None)
-        if nodes is None:
-            raise TypeError("set_topology needs a Topology (an object with .nodes)")
-        self.swap(
-            {n.id: n.weight for n in nodes},
-            unreadable=[n.id for n in nodes if not n.readable],
-            unwritable=[n.id for n in nodes if not n.writable],
-        )
 
     def mark_suspect(self, node_id: str, duration: float | None = None) -> None:
         """Route around ``node_id`` for ``duration`` seconds (None: until cleared)."""

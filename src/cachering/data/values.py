@@ -32,7 +32,6 @@ __all__ = [
     "decode",
     "encode",
     "header",
-    "hlc_of",
     "user_bytes",
 ]
 
@@ -94,13 +93,6 @@ def user_bytes(raw: bytes | None) -> bytes | None:
     if raw is None or len(raw) < HEADER_SIZE or raw[0] != FORMAT or raw[17] & FLAG_TOMBSTONE:
         return None
     return raw[HEADER_SIZE:]
-
-
-def hlc_of(raw: bytes) -> int:
-    """The HLC of a stored value in this format (0 if it is not)."""
-    if len(raw) < HEADER_SIZE or raw[0] != FORMAT:
-        return 0
-    return int.from_bytes(raw[1:9], "big")
 
 
 class HybridClock:
