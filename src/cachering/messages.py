@@ -55,6 +55,7 @@ __all__ = [
     "MessageKind",
     "MessageRejected",
     "RejectReason",
+    "epoch_in_range",
 ]
 
 MessageKind = Literal["topology", "leader", "suspect", "invalidate", "hello", "goodbye"]
@@ -76,6 +77,15 @@ DEFAULT_MAX_SIZE: Final = 64 * 1024
 
 MAX_EPOCH: Final = 2**53 - 1
 """Largest epoch: epochs are compared inside Lua, whose numbers are doubles."""
+
+def epoch_in_range(value: object) -> bool:
+    """Whether ``value`` is an epoch a manager may act on: an int in ``0..MAX_EPOCH - 1``.
+
+    The top epoch is excluded because nothing could be elected after it: a node or a
+    message claiming it (or anything larger, negative or not a number) is refused.
+    """
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_EPOCH
+
 
 MAX_SEQ: Final = 2**63 - 1
 """Largest sequence number."""

@@ -33,7 +33,14 @@ from ..resp.script import Script
 from ..ring import Ring
 from .election import Election, fan_out, read_states
 from .health import HealthMonitor
-from .scripts import TOPOLOGY_CAS_LUA, CasReply, ControlKeys, parse_cas, topology_cas_args
+from .scripts import (
+    TOPOLOGY_CAS_LUA,
+    BadControlReply,
+    CasReply,
+    ControlKeys,
+    parse_cas,
+    topology_cas_args,
+)
 from .topology import NodeState, Topology, TopologyNode
 
 __all__ = ["ControlHost", "LeaderDuties"]
@@ -129,7 +136,11 @@ class LeaderDuties:
                 args,
                 timeout=self.host.round_timeout,
             )
-            return parse_cas(reply)
+            try:
+                return parse_cas(reply)
+            except BadControlReply as exc:
+                self.host.election.note_bad_reply(node, exc)
+                raise
 
         return await fan_out(ids, cas, self.host.round_timeout)
 
@@ -186,6 +197,7 @@ class LeaderDuties:
             self.host._watched_pools(),
             self.host.keys,
             self.host.round_timeout,
+            self.host.election.note_bad_reply,
         )
         newest = self.host.topology
         for s in states.values():

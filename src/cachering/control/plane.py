@@ -64,7 +64,14 @@ from ..events import (
     NodeWeightChanged,
     TopologyChanged,
 )
-from ..messages import ControlMessage, Keyring, MessageCodec, MessageKind, MessageRejected
+from ..messages import (
+    ControlMessage,
+    Keyring,
+    MessageCodec,
+    MessageKind,
+    MessageRejected,
+    epoch_in_range,
+)
 from ..node import NodeSpec
 from ..repair.hints import pending_hints
 from ..repair.sweep import SweepResult
@@ -337,6 +344,9 @@ class ControlPlane:
 
     async def _dispatch(self, msg: ControlMessage) -> None:
         body = msg.body
+        if not epoch_in_range(msg.epoch):
+            self.election.stats["epochs_refused"] += 1
+            raise ValueError(f"epoch {msg.epoch} out of range")
         if msg.kind == "leader":
             self.election.observe_leader(msg.sender, msg.epoch)
             stamp = body.get("topology")
@@ -426,7 +436,11 @@ class ControlPlane:
         """Read every node; adopt the newest valid topology; a leader repairs stale copies."""
         self.counters["rereads"] += 1
         states = await read_states(
-            self._watched_pools(), self._watched_pools(), self.keys, self.round_timeout
+            self._watched_pools(),
+            self._watched_pools(),
+            self.keys,
+            self.round_timeout,
+            self.election.note_bad_reply,
         )
         newest: Topology | None = None
         for s in states.values():
