@@ -421,8 +421,14 @@ class LeaderDuties:
         """Replay hints left for up nodes (writes that routed around a briefly failing node)."""
         serving = self._serving()
         up = [n.id for n in self.host.topology.nodes if n.state == "up" and n.id in serving]
+        garbled = self.host.health.garbled()
         counts = await pending_hints(
-            self.host._pools, self.host.config.namespace, up, serving, self.host.round_timeout
+            self.host._pools,
+            self.host.config.namespace,
+            up,
+            [n for n in serving if n not in garbled],
+            self.host.round_timeout,
+            self.host.health.garble,
         )
         for node, count in counts.items():
             if count and node not in self.repairs and self.host._tg is not None:

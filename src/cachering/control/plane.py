@@ -518,8 +518,14 @@ class ControlPlane:
         """Ask every node which nodes still have hints; forget the replayed ones."""
         started = anyio.current_time()
         ids = list(self.topology.ids)
+        garbled = self.health.garbled()  # what they say about other nodes is not believed
         counts = await pending_hints(
-            self._pools, self.config.namespace, ids, ids, self.round_timeout
+            self._pools,
+            self.config.namespace,
+            ids,
+            [n for n in ids if n not in garbled],
+            self.round_timeout,
+            self.health.garble,
         )
         before = frozenset(self._noted)
         for node, count in counts.items():
