@@ -78,6 +78,7 @@ DEFAULT_MAX_SIZE: Final = 64 * 1024
 MAX_EPOCH: Final = 2**53 - 1
 """Largest epoch: epochs are compared inside Lua, whose numbers are doubles."""
 
+
 def epoch_in_range(value: object) -> bool:
     """Whether ``value`` is an epoch a manager may act on: an int in ``0..MAX_EPOCH - 1``.
 

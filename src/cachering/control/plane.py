@@ -75,6 +75,7 @@ from ..messages import (
 from ..node import NodeSpec
 from ..repair.hints import pending_hints
 from ..repair.sweep import SweepResult
+from ..resp.connection import ReplyLimits
 from ..resp.pool import Pool
 from ..resp.pubsub import PubSub
 from .election import Election, fan_out, read_states
@@ -225,6 +226,7 @@ class ControlPlane:
                 timeout=self.round_timeout,
                 backoff_base=0.0,
                 backoff_max=0.0,
+                limits=ReplyLimits.for_values(c.max_value_size),
             )
         return pool
 
@@ -307,6 +309,7 @@ class ControlPlane:
                 connect_timeout=self._pool(node).connect_timeout,
                 backoff_base=retry / 4,
                 backoff_max=retry,
+                limits=ReplyLimits.for_values(self.config.max_message_size),
             )
             async with sub:
                 # On failure the channel stays registered and reading reconnects.
