@@ -22,8 +22,8 @@ from ..messages import MessageKind
 from ..node import NodeSpec
 from ..repair.hints import (
     clear_node,
+    hint_holders,
     overflowed,
-    pending_hints,
     replay_hints,
     resync_node,
 )
@@ -422,7 +422,7 @@ class LeaderDuties:
         serving = self._serving()
         up = [n.id for n in self.host.topology.nodes if n.state == "up" and n.id in serving]
         garbled = self.host.health.garbled()
-        counts = await pending_hints(
+        counts = await hint_holders(
             self.host._pools,
             self.host.config.namespace,
             up,

@@ -73,7 +73,7 @@ from ..messages import (
     epoch_in_range,
 )
 from ..node import NodeSpec
-from ..repair.hints import pending_hints
+from ..repair.hints import hint_holders
 from ..repair.sweep import SweepResult
 from ..resp.connection import ReplyLimits
 from ..resp.pool import Pool
@@ -522,7 +522,7 @@ class ControlPlane:
         started = anyio.current_time()
         ids = list(self.topology.ids)
         garbled = self.health.garbled()  # what they say about other nodes is not believed
-        counts = await pending_hints(
+        counts = await hint_holders(
             self._pools,
             self.config.namespace,
             ids,

@@ -53,6 +53,7 @@ from .copies import (
 __all__ = [
     "RepairResult",
     "clear_node",
+    "hint_holders",
     "overflowed",
     "pending_hints",
     "replay_hints",
@@ -121,6 +122,59 @@ async def pending_hints(
         for i, t in enumerate(targets):
             if t != holder:
                 counts[t] += sum(found[3 * i : 3 * i + 3])
+
+    with anyio.move_on_after(timeout):
+        async with anyio.create_task_group() as tg:
+            for holder in holders:
+                tg.start_soon(one, holder)
+    return counts
+
+
+async def hint_holders(
+    pools: Mapping[str, Pool],
+    namespace: str,
+    targets: Sequence[str],
+    holders: Iterable[str],
+    timeout: float,  # noqa: ASYNC109
+    on_bad: Callable[[str, str], None] | None = None,
+) -> dict[str, int]:
+    """How many of the reachable ``holders`` hold hints (a hint set, claims being replayed
+    or an overflow marker) for each of ``targets``.
+
+    The cheap form of :func:`pending_hints`, run every heartbeat: one ``EXISTS`` over every
+    hint key of every target per holder, so its cost per holder does not grow with the
+    number of nodes; only a holder that holds any hint is asked again, target by target.
+    A holder whose replies are not counts is left out (``on_bad(holder, reason)``).
+    """
+    counts = dict.fromkeys(targets, 0)
+
+    async def one(holder: str) -> None:
+        pool = pools.get(holder)
+        mine = [t for t in targets if t != holder]
+        if pool is None or not mine:
+            return
+        keys = [[*hint_keys(namespace, t), _claim_key(namespace, t)] for t in mine]
+        try:
+            every = [k for group in keys for k in group]
+            total = int_reply(
+                holder, await pool.execute("EXISTS", *every, timeout=timeout), "EXISTS"
+            )
+            if total > 3 * len(mine):
+                raise ProtocolError(holder, f"EXISTS of {3 * len(mine)} keys answered {total}")
+            found = [0] * len(mine)
+            if total:
+                replies = await pool.pipeline([("EXISTS", *k) for k in keys], timeout=timeout)
+                found = [int_reply(holder, r, "EXISTS") for r in replies]
+                if len(found) != len(mine) or sum(found) != total:
+                    raise ProtocolError(holder, "per-target EXISTS replies do not add up")
+        except ProtocolError as exc:
+            if on_bad is not None:
+                on_bad(holder, exc.reason)
+            return
+        except ERRORS:
+            return
+        for t, n in zip(mine, found, strict=True):
+            counts[t] += n > 0
 
     with anyio.move_on_after(timeout):
         async with anyio.create_task_group() as tg:
