@@ -3,6 +3,8 @@
 A value a node or a message holds that is not a valid epoch (the top epoch, a 20-digit
 number, a negative, garbage) is refused, counted in ``status()`` and ignored: the
 election goes on with the nodes that answer well, and managers started afterwards too.
+A rejected message counts once however many nodes deliver it, and a subscriber Redis
+cut off (its pub/sub output buffer limit) shows in a counter.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ from typing import Any
 import pytest
 import redis
 
+from cachering.config import ClusterConfig
+from cachering.control.plane import ControlPlane
 from cachering.local import LocalCluster
 from cachering.messages import MAX_EPOCH, ControlMessage, MessageCodec
+from cachering.node import NodeSpec
 from control_helpers import control_config, managers
 
 pytestmark = pytest.mark.anyio
@@ -90,3 +95,64 @@ async def test_unsigned_leader_message_with_the_top_epoch(local: LocalCluster) -
         second = await m.wait_leader()
         assert second.epoch > lead.epoch
     assert all(len(ids) == 1 for ids in m.leaders.values())
+
+
+async def test_a_rejected_message_counts_once_however_many_nodes_deliver_it(
+    local: LocalCluster,
+) -> None:
+    ns = "dropsonce"
+    config = control_config(local.nodes, ns)
+    codec = MessageCodec(None, ns)
+    clients = [redis.Redis(host=n.host, port=n.port) for n in local.nodes]
+    async with managers() as m:
+        planes = [await m.start(config, f"m{i}") for i in range(3)]
+        await m.wait_leader()
+        try:
+            for seq in range(1, 21):
+                for client in clients:
+                    # Each node gets its own encoding (sent_at differs): one message still.
+                    msg = ControlMessage(
+                        "leader", ns, "mallory", epoch=1, seq=seq, sent_at=time.time(), body={}
+                    )
+                    client.publish(f"{ns}:ctl", codec.encode(msg))
+        finally:
+            for client in clients:
+                client.close()
+
+        def seen(plane: ControlPlane) -> int:
+            messages = plane.status()["messages"]
+            return int(messages["dropped"]["unsigned"] + messages.get("rejected_copies", 0))
+
+        await m.until(lambda: all(seen(p) == 60 for p in planes))
+        assert [p.status()["messages_dropped"]["unsigned"] for p in planes] == [20, 20, 20]
+
+
+async def test_a_subscriber_cut_off_by_the_output_buffer_limit_is_counted(
+    local: LocalCluster,
+) -> None:
+    ns = "outbuf"
+    config = control_config(local.nodes, ns)
+    node = local.nodes[0]
+    client = redis.Redis(host=node.host, port=node.port)
+    old = client.config_get("client-output-buffer-limit")["client-output-buffer-limit"]
+    try:
+        async with managers() as m:
+            plane = await m.start(config, "m0")
+            await m.wait_leader()
+            assert plane.counters["subscriber_gaps"] == 0
+            client.config_set("client-output-buffer-limit", "pubsub 65536 0 0")
+            # More than the limit in one publish: Redis closes every subscriber on the node.
+            assert client.publish(f"{ns}:ctl", b"x" * 200_000) >= 1
+            await m.until(lambda: plane.counters["subscriber_gaps"] >= 1)
+            assert plane.status()["counters"]["subscriber_gaps"] >= 1
+            assert plane.is_leader
+    finally:
+        client.config_set("client-output-buffer-limit", old)
+        client.close()
+
+
+def test_control_messages_stay_under_the_pubsub_output_limits() -> None:
+    nodes = (NodeSpec("a", "127.0.0.1", 1),)
+    with pytest.raises(ValueError, match="max_message_size"):
+        ClusterConfig(nodes=nodes, max_message_size=8 * 1024 * 1024)
+    ClusterConfig(nodes=nodes, max_message_size=4 * 1024 * 1024)

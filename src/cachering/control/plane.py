@@ -168,6 +168,7 @@ class ControlPlane:
             "topology_adopted": 0,
             "messages_sent": 0,
             "messages_duplicate": 0,
+            "subscriber_gaps": 0,
             "rereads": 0,
             "repairs": 0,
             "hints_replayed": 0,
@@ -317,6 +318,10 @@ class ControlPlane:
                     await sub.subscribe(self.keys.channel)
                 async for message in sub:
                     if message.kind == "gap":
+                        # Messages may be lost: a restart, a cut, or Redis closing a
+                        # subscriber past its pub/sub output buffer limit.
+                        self.counters["subscriber_gaps"] += 1
+                        logger.warning("cachering: control channel on %s reconnected", node)
                         self._reread.set()
                     else:
                         await self._on_wire(node, message.data)
