@@ -18,6 +18,7 @@ import redis
 
 from cachering.config import ClusterConfig
 from cachering.control.plane import ControlPlane
+from cachering.control.topology import MAX_STAMP, Topology
 from cachering.local import LocalCluster
 from cachering.messages import MAX_EPOCH, ControlMessage, MessageCodec
 from cachering.node import NodeSpec
@@ -71,8 +72,10 @@ async def test_bad_epoch_in_a_node_key(local: LocalCluster, value: str, request:
     assert not m.leaders or all(len(ids) == 1 for ids in m.leaders.values())
 
 
-async def test_unsigned_leader_message_with_the_top_epoch(local: LocalCluster) -> None:
-    ns = "badepochmsg"
+async def test_unsigned_leader_message_with_the_top_epoch(
+    local: LocalCluster, anyio_backend: str
+) -> None:
+    ns = f"badepochmsg{anyio_backend}"
     config = control_config(local.nodes, ns, secret=None)
     codec = MessageCodec(None, ns)
     forged = ControlMessage(
@@ -98,9 +101,9 @@ async def test_unsigned_leader_message_with_the_top_epoch(local: LocalCluster) -
 
 
 async def test_a_rejected_message_counts_once_however_many_nodes_deliver_it(
-    local: LocalCluster,
+    local: LocalCluster, anyio_backend: str
 ) -> None:
-    ns = "dropsonce"
+    ns = f"dropsonce{anyio_backend}"
     config = control_config(local.nodes, ns)
     codec = MessageCodec(None, ns)
     clients = [redis.Redis(host=n.host, port=n.port) for n in local.nodes]
@@ -128,9 +131,9 @@ async def test_a_rejected_message_counts_once_however_many_nodes_deliver_it(
 
 
 async def test_a_subscriber_cut_off_by_the_output_buffer_limit_is_counted(
-    local: LocalCluster,
+    local: LocalCluster, anyio_backend: str
 ) -> None:
-    ns = "outbuf"
+    ns = f"outbuf{anyio_backend}"
     config = control_config(local.nodes, ns)
     node = local.nodes[0]
     client = redis.Redis(host=node.host, port=node.port)
@@ -156,3 +159,35 @@ def test_control_messages_stay_under_the_pubsub_output_limits() -> None:
     with pytest.raises(ValueError, match="max_message_size"):
         ClusterConfig(nodes=nodes, max_message_size=8 * 1024 * 1024)
     ClusterConfig(nodes=nodes, max_message_size=4 * 1024 * 1024)
+
+
+async def test_a_topology_at_the_top_version_stops_commits_not_managers(
+    local: LocalCluster, anyio_backend: str
+) -> None:
+    ns = f"topversion{anyio_backend}"
+    config = control_config(local.nodes, ns, secret=None)
+    async with managers() as m:
+        planes = [await m.start(config, f"m{i}") for i in range(2)]
+        lead = await m.wait_leader()
+        await m.until(lambda: lead._duties.in_charge())
+        # A writer with Redis access stores a topology one version short of the top.
+        top = Topology(lead.epoch, MAX_STAMP - 1, lead.topology.nodes, "mallory")
+        for node in local.nodes:
+            client = redis.Redis(host=node.host, port=node.port)
+            try:
+                client.hset(
+                    f"{ns}:ctl:topology",
+                    mapping={"epoch": top.epoch, "version": top.version, "payload": top.to_bytes()},
+                )
+            finally:
+                client.close()
+        await m.until(lambda: all(p.topology.version == MAX_STAMP - 1 for p in planes))
+        # Two node state changes: the first takes the last version, the second has none.
+        local.kill(2)
+        try:
+            await m.until(lambda: lead.topology.node("n2").state == "down")
+        finally:
+            local.restart(2)
+        await m.until(lambda: lead.counters["topology_commit_failures"] > 0)
+        assert lead.is_leader
+        assert all(p.topology.version == MAX_STAMP for p in planes if p.topology.leader == lead.id)

@@ -9,6 +9,7 @@ leads; see :mod:`cachering.control.plane` for the rules each duty follows.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -44,6 +45,8 @@ from .scripts import (
 from .topology import NodeState, Topology, TopologyNode
 
 __all__ = ["ControlHost", "LeaderDuties"]
+
+logger = logging.getLogger("cachering.control.leader")
 
 _CAS = Script(TOPOLOGY_CAS_LUA)
 _DRAIN_EVERY = 1  # leader ticks between checks for hints left on up nodes
@@ -151,7 +154,12 @@ class LeaderDuties:
         async with self._commit_lock:
             if not self.host.is_leader:
                 return None
-            topology = change(self.host.topology)
+            try:
+                topology = change(self.host.topology)
+            except ValueError as exc:  # e.g. no version left after an adopted top version
+                self.host.counters["topology_commit_failures"] += 1
+                logger.error("cachering: cannot build the next topology: %s", exc)
+                return None
             if topology.epoch != self.host.epoch:
                 return None
             ids = list(dict.fromkeys([*self.host.voters, *topology.ids, *self.host.topology.ids]))

@@ -426,7 +426,7 @@ def parse_cas(reply: object) -> CasReply:
     return CasReply(
         _status(status, allowed, "topology"),  # type: ignore[arg-type]
         _opt_epoch(te, "topology"),
-        _opt_int(tv, "topology", MAX_STAMP - 1),
+        _opt_int(tv, "topology"),
         _opt_epoch(ne, "topology"),
     )
 
@@ -439,7 +439,7 @@ def parse_read(reply: object) -> NodeControlState:
     else:
         raise BadControlReply(f"read reply must be an array of 9, got {reply!r:.200}")
     ready, epoch, voted, born, age, boot, te_s, tv_s, _ = head
-    te, tv = _opt_epoch(te_s, "read"), _opt_int(tv_s, "read", MAX_STAMP - 1)
+    te, tv = _opt_epoch(te_s, "read"), _opt_int(tv_s, "read")
     topology: Topology | None = None
     error: str | None = None
     if isinstance(payload_raw, str):
