@@ -211,8 +211,9 @@ class Election:
         self._logged.add(what)
         return True
 
-    def _valid_epoch(self, epoch: object, source: str) -> bool:
-        """Refuse (count, log once per source) an epoch outside the valid range."""
+    def accepts_epoch(self, epoch: object, source: str) -> bool:
+        """Whether ``epoch`` is in range (:func:`~cachering.messages.epoch_in_range`); a
+        refusal is counted (``epochs_refused``) and logged once per ``source``."""
         if epoch_in_range(epoch):
             return True
         self.stats["epochs_refused"] += 1
@@ -225,7 +226,7 @@ class Election:
 
         An epoch out of range (see :func:`~cachering.messages.epoch_in_range`) is refused.
         """
-        if not self._valid_epoch(epoch, source):
+        if not self.accepts_epoch(epoch, source):
             return
         if epoch > self.epoch:
             if self.is_leader:
@@ -234,7 +235,7 @@ class Election:
 
     def observe_leader(self, leader: str, epoch: int) -> None:
         """A valid leader heartbeat from ``leader`` in ``epoch`` (out of range: refused)."""
-        if not self._valid_epoch(epoch, f"leader {leader!r:.80}"):
+        if not self.accepts_epoch(epoch, f"leader {leader!r:.80}"):
             return
         if leader == self.manager_id or epoch < self.epoch:
             return
@@ -266,7 +267,7 @@ class Election:
 
     def observe_goodbye(self, leader: str, epoch: int) -> None:
         """The leader of ``epoch`` stepped down or left: campaign soon instead of waiting."""
-        if not self._valid_epoch(epoch, f"leader {leader!r:.80}"):
+        if not self.accepts_epoch(epoch, f"leader {leader!r:.80}"):
             return
         if leader == self.leader and epoch >= self.epoch and not self.is_leader:
             self.leader = None

@@ -64,14 +64,7 @@ from ..events import (
     NodeWeightChanged,
     TopologyChanged,
 )
-from ..messages import (
-    ControlMessage,
-    Keyring,
-    MessageCodec,
-    MessageKind,
-    MessageRejected,
-    epoch_in_range,
-)
+from ..messages import ControlMessage, Keyring, MessageCodec, MessageKind, MessageRejected
 from ..node import NodeSpec
 from ..repair.hints import hint_holders
 from ..repair.sweep import SweepResult
@@ -352,8 +345,7 @@ class ControlPlane:
 
     async def _dispatch(self, msg: ControlMessage) -> None:
         body = msg.body
-        if not epoch_in_range(msg.epoch):
-            self.election.stats["epochs_refused"] += 1
+        if not self.election.accepts_epoch(msg.epoch, f"a message from {msg.sender!r:.80}"):
             raise ValueError(f"epoch {msg.epoch} out of range")
         if msg.kind == "leader":
             self.election.observe_leader(msg.sender, msg.epoch)
@@ -443,12 +435,9 @@ class ControlPlane:
     async def _refresh(self, source: str) -> None:
         """Read every node; adopt the newest valid topology; a leader repairs stale copies."""
         self.counters["rereads"] += 1
+        pools = self._watched_pools()
         states = await read_states(
-            self._watched_pools(),
-            self._watched_pools(),
-            self.keys,
-            self.round_timeout,
-            self.election.note_bad_reply,
+            pools, pools, self.keys, self.round_timeout, self.election.note_bad_reply
         )
         newest: Topology | None = None
         for s in states.values():
@@ -526,14 +515,9 @@ class ControlPlane:
         """Ask every node which nodes still have hints; forget the replayed ones."""
         started = anyio.current_time()
         ids = list(self.topology.ids)
-        garbled = self.health.garbled()  # what they say about other nodes is not believed
+        trusted = [n for n in ids if n not in self.health.garbled()]  # the others lie
         counts = await hint_holders(
-            self._pools,
-            self.config.namespace,
-            ids,
-            [n for n in ids if n not in garbled],
-            self.round_timeout,
-            self.health.garble,
+            self._pools, self.config.namespace, ids, trusted, self.round_timeout, self.health.garble
         )
         before = frozenset(self._noted)
         for node, count in counts.items():
