@@ -51,7 +51,7 @@ from .errors import NodeUnavailable, ResponseError
 from .events import EventBus, Subscription
 from .messages import Keyring, MessageCodec
 from .node import NodeSpec
-from .resp import Pool, PubSub
+from .resp import Pool, PubSub, ReplyLimits
 
 __all__ = ["Cluster"]
 
@@ -113,9 +113,14 @@ class Cluster:
             raise RuntimeError("a Cluster can be entered only once")
         self._state = "open"
         c = self.config
+        limits = ReplyLimits.for_values(c.max_value_size)
         for node in c.nodes:
             self._pools[node.id] = Pool(
-                node, max_size=c.pool_size, connect_timeout=c.connect_timeout, timeout=c.timeout
+                node,
+                max_size=c.pool_size,
+                connect_timeout=c.connect_timeout,
+                timeout=c.timeout,
+                limits=limits,
             )
         self._sync = Synchronizer(
             self._pools,
@@ -159,7 +164,11 @@ class Cluster:
                 codec=codec,
                 retry_delay=min(max(c.node_backoff, 0.05), 1.0),
                 on_failure=self._failed,
-                pubsub_factory=lambda spec: PubSub(spec, connect_timeout=c.connect_timeout),
+                pubsub_factory=lambda spec: PubSub(
+                    spec,
+                    connect_timeout=c.connect_timeout,
+                    limits=ReplyLimits.for_values(c.max_message_size),
+                ),
             )
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
@@ -233,6 +242,7 @@ class Cluster:
                     max_size=c.pool_size,
                     connect_timeout=c.connect_timeout,
                     timeout=c.timeout,
+                    limits=ReplyLimits.for_values(c.max_value_size),
                 )
         lagging = self.control.lagging
         self.router.swap(

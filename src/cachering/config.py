@@ -209,7 +209,7 @@ class ClusterConfig:
         :attr:`effective_election_timeout`), ``secret`` (keyring signing control
         messages: bytes, ``{key_id: bytes}`` or ``(key_id, bytes)`` pairs, first entry
         signs, all verify; None = unsigned), ``manager_id`` (None: random per Cluster),
-        ``topology_refresh_interval``, ``max_message_size`` (bytes), ``down_quorum``
+        ``topology_refresh_interval``, ``max_message_size`` (bytes, 1 KiB..4 MiB), ``down_quorum``
         (managers that must report a node before the leader marks it down),
         ``control_plane`` (run health monitoring, election, topology and repair in the
         cluster; on by default, off only for a client that must not take part),
@@ -267,8 +267,10 @@ class ClusterConfig:
     topology_refresh_interval: float = attrs.field(
         default=30.0, kw_only=True, validator=_seconds(0)
     )
+    # At most 4 MiB: Redis disconnects a subscriber whose pending pub/sub output passes
+    # 32 MB at once or 8 MB for a minute (client-output-buffer-limit pubsub).
     max_message_size: int = attrs.field(
-        default=65536, kw_only=True, validator=_int_at_least(1024, 64 * 1024 * 1024)
+        default=65536, kw_only=True, validator=_int_at_least(1024, 4 * 1024 * 1024)
     )
     down_quorum: int = attrs.field(default=1, kw_only=True, validator=_int_at_least(1))
     control_plane: bool = attrs.field(default=True, kw_only=True, validator=_check_flag)

@@ -18,8 +18,11 @@ Wire format (ASCII header, JSON payload)::
 
 The size limit is checked before anything else is looked at. Decoding any bytes either
 returns a :class:`ControlMessage` or raises :class:`MessageRejected` whose ``reason`` is
-one of :data:`REJECT_REASONS`; each rejection is counted in the codec's
-:class:`DropCounters`.
+one of :data:`REJECT_REASONS`; each rejected *message* is counted once in the codec's
+:class:`DropCounters`, however many copies of it arrive (every node of the cluster
+delivers its own): copies are recognised by the message's key id, kind, sender,
+sequence number and epoch (by its bytes when it has none) and counted apart, as
+``rejected_copies``.
 
 Sequence numbers must grow per sender across the sender's restarts (for example the
 sender's start time in microseconds plus a counter), or the sender id must carry a
@@ -55,6 +58,7 @@ __all__ = [
     "MessageKind",
     "MessageRejected",
     "RejectReason",
+    "epoch_in_range",
 ]
 
 MessageKind = Literal["topology", "leader", "suspect", "invalidate", "goodbye"]
@@ -76,6 +80,16 @@ DEFAULT_MAX_SIZE: Final = 64 * 1024
 
 MAX_EPOCH: Final = 2**53 - 1
 """Largest epoch: epochs are compared inside Lua, whose numbers are doubles."""
+
+
+def epoch_in_range(value: object) -> bool:
+    """Whether ``value`` is an epoch a manager may act on: an int in ``0..MAX_EPOCH - 1``.
+
+    The top epoch is excluded because nothing could be elected after it: a node or a
+    message claiming it (or anything larger, negative or not a number) is refused.
+    """
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_EPOCH
+
 
 MAX_SEQ: Final = 2**63 - 1
 """Largest sequence number."""
@@ -318,6 +332,27 @@ class DropCounters:
         return dict(self._counts)
 
 
+def _identity(data: bytes, max_size: int) -> object:
+    """What makes two copies of a message one message: its key id, kind, sender, sequence
+    number and epoch when its payload says so (copies may differ elsewhere, in
+    ``sent_at`` and so the MAC), otherwise its bytes."""
+    digest = hashlib.blake2b(data[: max_size + 1], digest_size=16).digest()
+    if len(data) > max_size:
+        return digest
+    parts = data.split(b".", 3)
+    if len(parts) != 4:
+        return digest
+    try:
+        raw = json.loads(parts[3])
+    except (ValueError, RecursionError):
+        return digest
+    if isinstance(raw, dict):
+        sender, seq, kind, epoch = (raw.get(f) for f in ("sender", "seq", "kind", "epoch"))
+        if isinstance(sender, str) and isinstance(kind, str) and _is_int(seq) and _is_int(epoch):
+            return (parts[1], kind, sender, seq, epoch)
+    return digest
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
@@ -369,6 +404,9 @@ class MessageCodec:
         self.max_senders = max_senders
         self.drops = DropCounters()
         self.accepted = 0
+        self.rejected_copies = 0
+        """Rejected messages not counted as drops: copies of one already counted."""
+        self._rejected: OrderedDict[object, None] = OrderedDict()
         self._epoch_floor = 0
         # sender -> (highest seq accepted, bitmap of accepted seqs just below it)
         self._seen: OrderedDict[str, tuple[int, int]] = OrderedDict()
@@ -397,6 +435,7 @@ class MessageCodec:
             "active_key": self.keyring.active if self.keyring else None,
             "accepted": self.accepted,
             "dropped": self.drops.snapshot(),
+            "rejected_copies": self.rejected_copies,
             "epoch_floor": self._epoch_floor,
         }
 
@@ -428,10 +467,18 @@ class MessageCodec:
         """
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"decode() needs bytes, got {type(data).__name__}")
+        raw = bytes(data)
         try:
-            msg = self._decode(bytes(data))
+            msg = self._decode(raw)
         except MessageRejected as exc:
-            self.drops.record(exc.reason, now)
+            identity = _identity(raw, self.max_size)
+            if identity in self._rejected:
+                self.rejected_copies += 1
+            else:
+                self._rejected[identity] = None
+                while len(self._rejected) > 4096:
+                    self._rejected.popitem(last=False)
+                self.drops.record(exc.reason, now)
             raise
         self.accepted += 1
         return msg

@@ -24,6 +24,7 @@ the ``round_timeout``/``min_age`` rule.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -34,6 +35,7 @@ from anyio.abc import TaskStatus
 
 from ..errors import NodeUnavailable, ResponseError
 from ..events import EventBus, LeaderChanged
+from ..messages import MAX_EPOCH, epoch_in_range
 from ..resp.pool import Pool
 from ..resp.script import Script
 from .scripts import (
@@ -60,6 +62,9 @@ _READ = Script(READ_LUA)
 
 T = TypeVar("T")
 _CALL_ERRORS = (NodeUnavailable, ResponseError, BadControlReply, OSError)
+logger = logging.getLogger("cachering.control.election")
+OnBadReply = Callable[[str, Exception], None]
+"""Told of a node whose reply did not fit (the node and the error); the reply is ignored."""
 
 
 async def fan_out(
@@ -91,15 +96,24 @@ async def read_states(
     ids: Iterable[str],
     keys: ControlKeys,
     timeout: float,  # noqa: ASYNC109
+    on_bad: OnBadReply | None = None,
 ) -> dict[str, NodeControlState | None]:
-    """Run the ``READ`` script on every node of ``ids`` at once (None: no valid answer)."""
+    """Run the ``READ`` script on every node of ``ids`` at once (None: no valid answer).
+
+    A reply that does not fit (``on_bad`` is told) counts as no answer.
+    """
 
     async def read(node: str) -> NodeControlState:
         pool = pools.get(node)
         if pool is None:
             raise NodeUnavailable(node, "no pool for this node")
         reply = await pool.run_script(_READ, [keys.election, keys.topology], [], timeout=timeout)
-        return parse_read(reply)
+        try:
+            return parse_read(reply)
+        except BadControlReply as exc:
+            if on_bad is not None:
+                on_bad(node, exc)
+            raise
 
     return await fan_out(ids, read, timeout)
 
@@ -175,19 +189,54 @@ class Election:
             "late_or_failed_replies": 0,
             "seeded": 0,
             "new_terms": 0,
+            "bad_replies": 0,
+            "epochs_refused": 0,
+            "epochs_exhausted": 0,
         }
+        self._logged: set[str] = set()
 
     # ------------------------------------------------------------------ observations
 
-    def observe_epoch(self, epoch: int) -> None:
-        """An epoch seen anywhere (a node, a message): remember it; a leader below it steps down."""
+    def note_bad_reply(self, node: str, exc: Exception) -> None:
+        """A node answered a control call with something that does not fit: counted, logged
+        (once per node), and otherwise ignored."""
+        self.stats["bad_replies"] += 1
+        if self._first(node):
+            logger.warning("cachering: ignoring a bad control reply from %s: %s", node, exc)
+
+    def _first(self, what: str) -> bool:
+        """True the first time ``what`` is logged (a bounded memory of what was)."""
+        if what in self._logged or len(self._logged) >= 256:
+            return False
+        self._logged.add(what)
+        return True
+
+    def accepts_epoch(self, epoch: object, source: str) -> bool:
+        """Whether ``epoch`` is in range (:func:`~cachering.messages.epoch_in_range`); a
+        refusal is counted (``epochs_refused``) and logged once per ``source``."""
+        if epoch_in_range(epoch):
+            return True
+        self.stats["epochs_refused"] += 1
+        if self._first(source):
+            logger.warning("cachering: refusing epoch %.40r from %s", epoch, source)
+        return False
+
+    def observe_epoch(self, epoch: int, source: str = "a node") -> None:
+        """An epoch seen anywhere (a node, a message): remember it; a leader below it steps down.
+
+        An epoch out of range (see :func:`~cachering.messages.epoch_in_range`) is refused.
+        """
+        if not self.accepts_epoch(epoch, source):
+            return
         if epoch > self.epoch:
             if self.is_leader:
                 self._step_down(f"saw epoch {epoch}")
             self.epoch = epoch
 
     def observe_leader(self, leader: str, epoch: int) -> None:
-        """A valid leader heartbeat from ``leader`` in ``epoch``."""
+        """A valid leader heartbeat from ``leader`` in ``epoch`` (out of range: refused)."""
+        if not self.accepts_epoch(epoch, f"leader {leader!r:.80}"):
+            return
         if leader == self.manager_id or epoch < self.epoch:
             return
         if self.is_leader:
@@ -218,6 +267,8 @@ class Election:
 
     def observe_goodbye(self, leader: str, epoch: int) -> None:
         """The leader of ``epoch`` stepped down or left: campaign soon instead of waiting."""
+        if not self.accepts_epoch(epoch, f"leader {leader!r:.80}"):
+            return
         if leader == self.leader and epoch >= self.epoch and not self.is_leader:
             self.leader = None
             self._publish(None, epoch, "the leader left")
@@ -274,7 +325,11 @@ class Election:
             reply = await pool.run_script(
                 _VOTE, [self._keys.election], args, timeout=self.round_timeout
             )
-            return parse_vote(reply)
+            try:
+                return parse_vote(reply)
+            except BadControlReply as exc:
+                self.note_bad_reply(node, exc)
+                raise
 
         replies = await fan_out(self.voters, vote, self.round_timeout)
         self.stats["late_or_failed_replies"] += sum(1 for r in replies.values() if r is None)
@@ -299,6 +354,9 @@ class Election:
             self._publish(None, self.epoch, "no heartbeat from the leader")
         before = self.epoch
         epoch = before + 1
+        if epoch > MAX_EPOCH:
+            self._exhausted()
+            return
         self.epoch = epoch  # used now, whatever the outcome
         replies = await self._vote_all(epoch)
         granted = sum(1 for r in replies.values() if r is not None and r.granted)
@@ -366,6 +424,9 @@ class Election:
         """Move to the next epoch while leading: a node seeded with our epoch as its floor
         gives no vote in it, so its support only counts from the next epoch on."""
         new = epoch + 1
+        if new > MAX_EPOCH:
+            self._exhausted()
+            return
         replies = await self._vote_all(new)
         if not self.is_leader or self.epoch != epoch:
             return
@@ -382,6 +443,13 @@ class Election:
         self._publish(self.manager_id, new, "new term to count re-seeded nodes")
         if self._on_elected is not None:
             await self._on_elected(new)
+
+    def _exhausted(self) -> None:
+        # Only reachable if an epoch just below the top was accepted: no crash, no campaign.
+        self.stats["epochs_exhausted"] += 1
+        if self._first("exhausted"):
+            logger.error("cachering: epoch %d is the last one; no further election", self.epoch)
+        self._next_try = anyio.current_time() + self._timeout_with_jitter()
 
     def _step_down(self, reason: str) -> None:
         epoch = self.epoch
@@ -411,7 +479,7 @@ class Election:
         self._seed_wanted = False
         pools = self._pools()
         ids = list(dict.fromkeys([*self.voters, *self._others(), *extra]))
-        first = await read_states(pools, ids, self._keys, self.round_timeout)
+        first = await read_states(pools, ids, self._keys, self.round_timeout, self.note_bad_reply)
         self._note_epochs(first.values())
         unready = [n for n, s in first.items() if s is not None and not s.ready]
         if not unready:
@@ -425,7 +493,7 @@ class Election:
         if not aged:
             return first
         # The other nodes must be read after the read that showed the target old enough.
-        second = await read_states(pools, ids, self._keys, self.round_timeout)
+        second = await read_states(pools, ids, self._keys, self.round_timeout, self.note_bad_reply)
         self._note_epochs(second.values())
         for target in aged:
             view: dict[str, NodeControlState | None] = {n: second.get(n) for n in self.voters}
@@ -447,16 +515,17 @@ class Election:
             return
         try:
             with anyio.fail_after(self.round_timeout):
-                reply = parse_seed(
-                    await pool.run_script(
-                        _SEED,
-                        [self._keys.election, self._keys.topology],
-                        seed_args(
-                            plan.floor, state.born, self.min_age_ms, bootstrap=plan.bootstrap
-                        ),
-                        timeout=self.round_timeout,
-                    )
+                raw = await pool.run_script(
+                    _SEED,
+                    [self._keys.election, self._keys.topology],
+                    seed_args(plan.floor, state.born, self.min_age_ms, bootstrap=plan.bootstrap),
+                    timeout=self.round_timeout,
                 )
+            reply = parse_seed(raw)
+        except BadControlReply as exc:
+            self.note_bad_reply(target, exc)
+            self._seed_wanted = True
+            return
         except (*_CALL_ERRORS, TimeoutError):
             self._seed_wanted = True
             return

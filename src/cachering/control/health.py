@@ -8,6 +8,11 @@ timeout of at most one interval. A node that misses ``threshold`` heartbeats in 
 published; its next answer makes it healthy again (``on_healthy``, :class:`NodeHealthy`).
 A changed ``run_id`` means the server process restarted, which for a cache without
 persistence means it came back empty: ``on_restart`` and :class:`NodeRestarted`.
+
+A node whose heartbeat reply does not fit (``PING`` not answered ``PONG``, ``INFO`` not
+answered with text), or that another service reports through :meth:`HealthMonitor.garble`,
+is *garbled*: suspect at once, and what it says about other nodes (hint counts) is not
+believed until it answers a heartbeat properly again.
 """
 
 from __future__ import annotations
@@ -68,6 +73,9 @@ class NodeHealth:
     clients: int | None = None
     role: str | None = None
     beats: int = 0
+    garbled: bool = False
+    """The last reply from this node did not fit the command (see the module docstring)."""
+    bad_replies: int = 0
 
     def to_dict(self, now: float | None = None) -> dict[str, Any]:
         """Plain values for ``status()``; with ``now`` (monotonic) ``last_seen`` is a Unix
@@ -90,6 +98,8 @@ class NodeHealth:
             "memory": self.memory,
             "clients": self.clients,
             "role": self.role,
+            "garbled": self.garbled,
+            "bad_replies": self.bad_replies,
         }
 
 
@@ -147,6 +157,18 @@ class HealthMonitor:
         """Nodes that are suspect right now."""
         return frozenset(n for n, h in self.nodes.items() if h.suspect)
 
+    def garbled(self) -> frozenset[str]:
+        """Nodes whose last reply did not fit: what they say about other nodes is ignored."""
+        return frozenset(n for n, h in self.nodes.items() if h.garbled)
+
+    def garble(self, node: str, reason: str) -> None:
+        """Another service got a reply from ``node`` that does not fit: suspect it now."""
+        rec = self.health(node)
+        rec.garbled = True
+        rec.bad_replies += 1
+        rec.misses = max(rec.misses, self.threshold - 1)  # _missed counts this one
+        self._missed(rec, f"reply does not fit: {reason}"[:200])
+
     def forget(self, nodes: Iterable[str]) -> None:
         """Stop tracking these nodes (removed from the cluster)."""
         for node in nodes:
@@ -179,13 +201,19 @@ class HealthMonitor:
             except (NodeUnavailable, ResponseError, OSError) as exc:
                 error = str(exc) or type(exc).__name__
         now = anyio.current_time()
-        if replies is None or replies[0] != b"PONG":
-            self._missed(rec, error if replies is None else f"bad PING reply {replies[0]!r:.40}")
+        if replies is None:
+            self._missed(rec, error)
+            return
+        if (
+            len(replies) != len(_COMMANDS)
+            or replies[0] != b"PONG"
+            or not all(isinstance(r, bytes) for r in replies[1:])
+        ):
+            self.garble(node, f"heartbeat answered {replies!r:.60}")
             return
         info: dict[str, str] = {}
         for reply in replies[1:]:
-            if isinstance(reply, (bytes, str)):
-                info.update(parse_info(reply))
+            info.update(parse_info(reply))
         self._answered(rec, (now - start) * 1000.0, now, info)
 
     def _missed(self, rec: NodeHealth, error: str) -> None:
@@ -200,6 +228,7 @@ class HealthMonitor:
 
     def _answered(self, rec: NodeHealth, latency: float, now: float, info: dict[str, str]) -> None:
         was_suspect = rec.suspect
+        rec.garbled = False
         rec.misses = 0
         rec.healthy = True
         rec.suspect = False

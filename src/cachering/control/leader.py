@@ -9,6 +9,7 @@ leads; see :mod:`cachering.control.plane` for the rules each duty follows.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -22,8 +23,8 @@ from ..messages import MessageKind
 from ..node import NodeSpec
 from ..repair.hints import (
     clear_node,
+    hint_holders,
     overflowed,
-    pending_hints,
     replay_hints,
     resync_node,
 )
@@ -33,10 +34,19 @@ from ..resp.script import Script
 from ..ring import Ring
 from .election import Election, fan_out, read_states
 from .health import HealthMonitor
-from .scripts import TOPOLOGY_CAS_LUA, CasReply, ControlKeys, parse_cas, topology_cas_args
+from .scripts import (
+    TOPOLOGY_CAS_LUA,
+    BadControlReply,
+    CasReply,
+    ControlKeys,
+    parse_cas,
+    topology_cas_args,
+)
 from .topology import NodeState, Topology, TopologyNode
 
 __all__ = ["ControlHost", "LeaderDuties"]
+
+logger = logging.getLogger("cachering.control.leader")
 
 _CAS = Script(TOPOLOGY_CAS_LUA)
 
@@ -128,7 +138,11 @@ class LeaderDuties:
                 args,
                 timeout=self.host.round_timeout,
             )
-            return parse_cas(reply)
+            try:
+                return parse_cas(reply)
+            except BadControlReply as exc:
+                self.host.election.note_bad_reply(node, exc)
+                raise
 
         return await fan_out(ids, cas, self.host.round_timeout)
 
@@ -139,7 +153,12 @@ class LeaderDuties:
         async with self._commit_lock:
             if not self.host.is_leader:
                 return None
-            topology = change(self.host.topology)
+            try:
+                topology = change(self.host.topology)
+            except ValueError as exc:  # e.g. no version left after an adopted top version
+                self.host.counters["topology_commit_failures"] += 1
+                logger.error("cachering: cannot build the next topology: %s", exc)
+                return None
             if topology.epoch != self.host.epoch:
                 return None
             ids = list(dict.fromkeys([*self.host.voters, *topology.ids, *self.host.topology.ids]))
@@ -185,6 +204,7 @@ class LeaderDuties:
             self.host._watched_pools(),
             self.host.keys,
             self.host.round_timeout,
+            self.host.election.note_bad_reply,
         )
         newest = self.host.topology
         for s in states.values():
@@ -407,8 +427,14 @@ class LeaderDuties:
         """Replay hints left for up nodes (writes that routed around a briefly failing node)."""
         serving = self._serving()
         up = [n.id for n in self.host.topology.nodes if n.state == "up" and n.id in serving]
-        counts = await pending_hints(
-            self.host._pools, self.host.config.namespace, up, serving, self.host.round_timeout
+        garbled = self.host.health.garbled()
+        counts = await hint_holders(
+            self.host._pools,
+            self.host.config.namespace,
+            up,
+            [n for n in serving if n not in garbled],
+            self.host.round_timeout,
+            self.host.health.garble,
         )
         for node, count in counts.items():
             if count and node not in self.repairs and self.host._tg is not None:

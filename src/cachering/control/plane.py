@@ -66,8 +66,9 @@ from ..events import (
 )
 from ..messages import ControlMessage, Keyring, MessageCodec, MessageKind, MessageRejected
 from ..node import NodeSpec
-from ..repair.hints import pending_hints
+from ..repair.hints import hint_holders
 from ..repair.sweep import SweepResult
+from ..resp.connection import ReplyLimits
 from ..resp.pool import Pool
 from ..resp.pubsub import PubSub
 from .election import Election, fan_out, read_states
@@ -160,6 +161,7 @@ class ControlPlane:
             "topology_adopted": 0,
             "messages_sent": 0,
             "messages_duplicate": 0,
+            "subscriber_gaps": 0,
             "rereads": 0,
             "repairs": 0,
             "hints_replayed": 0,
@@ -218,6 +220,7 @@ class ControlPlane:
                 timeout=self.round_timeout,
                 backoff_base=0.0,
                 backoff_max=0.0,
+                limits=ReplyLimits.for_values(c.max_value_size),
             )
         return pool
 
@@ -300,6 +303,7 @@ class ControlPlane:
                 connect_timeout=self._pool(node).connect_timeout,
                 backoff_base=retry / 4,
                 backoff_max=retry,
+                limits=ReplyLimits.for_values(self.config.max_message_size),
             )
             async with sub:
                 # On failure the channel stays registered and reading reconnects.
@@ -307,6 +311,10 @@ class ControlPlane:
                     await sub.subscribe(self.keys.channel)
                 async for message in sub:
                     if message.kind == "gap":
+                        # Messages may be lost: a restart, a cut, or Redis closing a
+                        # subscriber past its pub/sub output buffer limit.
+                        self.counters["subscriber_gaps"] += 1
+                        logger.warning("cachering: control channel on %s reconnected", node)
                         self._reread.set()
                     else:
                         await self._on_wire(node, message.data)
@@ -337,6 +345,8 @@ class ControlPlane:
 
     async def _dispatch(self, msg: ControlMessage) -> None:
         body = msg.body
+        if not self.election.accepts_epoch(msg.epoch, f"a message from {msg.sender!r:.80}"):
+            raise ValueError(f"epoch {msg.epoch} out of range")
         if msg.kind == "leader":
             self.election.observe_leader(msg.sender, msg.epoch)
             stamp = body.get("topology")
@@ -425,8 +435,9 @@ class ControlPlane:
     async def _refresh(self, source: str) -> None:
         """Read every node; adopt the newest valid topology; a leader repairs stale copies."""
         self.counters["rereads"] += 1
+        pools = self._watched_pools()
         states = await read_states(
-            self._watched_pools(), self._watched_pools(), self.keys, self.round_timeout
+            pools, pools, self.keys, self.round_timeout, self.election.note_bad_reply
         )
         newest: Topology | None = None
         for s in states.values():
@@ -504,8 +515,9 @@ class ControlPlane:
         """Ask every node which nodes still have hints; forget the replayed ones."""
         started = anyio.current_time()
         ids = list(self.topology.ids)
-        counts = await pending_hints(
-            self._pools, self.config.namespace, ids, ids, self.round_timeout
+        trusted = [n for n in ids if n not in self.health.garbled()]  # the others lie
+        counts = await hint_holders(
+            self._pools, self.config.namespace, ids, trusted, self.round_timeout, self.health.garble
         )
         before = frozenset(self._noted)
         for node, count in counts.items():

@@ -45,6 +45,7 @@ from typing import Final, Literal
 import attrs
 
 from ..errors import CacheringError
+from ..messages import MAX_EPOCH
 from .topology import MAX_STAMP, Topology
 
 __all__ = [
@@ -306,12 +307,20 @@ def _fields(reply: object, count: int, what: str) -> list[str]:
     return out
 
 
-def _opt_int(value: str, what: str) -> int | None:
+def _opt_int(value: str, what: str, limit: int = MAX_STAMP, *, signed: bool = False) -> int | None:
+    # What the scripts' own stamp() accepts: plain decimal digits, nothing above the limit
+    # (an age may be negative after the node's clock stepped back).
     if value == "":
         return None
-    if not value.isascii() or not value.lstrip("-").isdigit():
-        raise BadControlReply(f"{what}: {value!r} is not a number")
+    digits = value[1:] if signed and value.startswith("-") else value
+    if len(digits) > 16 or not digits.isascii() or not digits.isdigit() or int(digits) > limit:
+        raise BadControlReply(f"{what}: {value[:40]!r} is not a number in 0..{limit}")
     return int(value)
+
+
+def _opt_epoch(value: str, what: str) -> int | None:
+    """An epoch field: refused unless :func:`~cachering.messages.epoch_in_range`."""
+    return _opt_int(value, what, MAX_EPOCH - 1)
 
 
 def _status(value: str, allowed: Sequence[str], what: str) -> str:
@@ -398,7 +407,7 @@ def parse_vote(reply: object) -> VoteReply:
     """Decode a :data:`VOTE_LUA` reply."""
     status, epoch, voted = _fields(reply, 3, "vote")
     allowed = ("GRANTED", "REFUSED", "NOTREADY")
-    return VoteReply(_status(status, allowed, "vote"), _opt_int(epoch, "vote"), voted)  # type: ignore[arg-type]
+    return VoteReply(_status(status, allowed, "vote"), _opt_epoch(epoch, "vote"), voted)  # type: ignore[arg-type]
 
 
 def parse_seed(reply: object) -> SeedReply:
@@ -407,7 +416,7 @@ def parse_seed(reply: object) -> SeedReply:
     allowed = ("SEEDED", "RAISED", "READY", "CHANGED", "TOOYOUNG")
     status = _status(status, allowed, "seed")
     wait = (_opt_int(extra, "seed") or 0) if status == "TOOYOUNG" else 0
-    return SeedReply(status, _opt_int(epoch, "seed"), voted, wait)  # type: ignore[arg-type]
+    return SeedReply(status, _opt_epoch(epoch, "seed"), voted, wait)  # type: ignore[arg-type]
 
 
 def parse_cas(reply: object) -> CasReply:
@@ -416,9 +425,9 @@ def parse_cas(reply: object) -> CasReply:
     allowed = ("ACCEPTED", "HELD", "OLDER", "CONFLICT", "STALE_EPOCH", "NOTREADY")
     return CasReply(
         _status(status, allowed, "topology"),  # type: ignore[arg-type]
-        _opt_int(te, "topology"),
+        _opt_epoch(te, "topology"),
         _opt_int(tv, "topology"),
-        _opt_int(ne, "topology"),
+        _opt_epoch(ne, "topology"),
     )
 
 
@@ -430,7 +439,7 @@ def parse_read(reply: object) -> NodeControlState:
     else:
         raise BadControlReply(f"read reply must be an array of 9, got {reply!r:.200}")
     ready, epoch, voted, born, age, boot, te_s, tv_s, _ = head
-    te, tv = _opt_int(te_s, "read"), _opt_int(tv_s, "read")
+    te, tv = _opt_epoch(te_s, "read"), _opt_int(tv_s, "read")
     topology: Topology | None = None
     error: str | None = None
     if isinstance(payload_raw, str):
@@ -448,10 +457,10 @@ def parse_read(reply: object) -> NodeControlState:
                 topology = None
     return NodeControlState(
         ready=ready == "1",
-        epoch=_opt_int(epoch, "read"),
+        epoch=_opt_epoch(epoch, "read"),
         voted_for=voted,
         born=born,
-        age_ms=_opt_int(age, "read") or 0,
+        age_ms=_opt_int(age, "read", signed=True) or 0,
         boot=boot == "1",
         topology_epoch=te,
         topology_version=tv,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 from ..data.scripts import APPLY
-from ..errors import NodeUnavailable, ResponseError
+from ..errors import NodeUnavailable, ProtocolError, ResponseError
 from ..resp.pool import Pool
 from ..resp.script import Script
 
@@ -22,8 +22,10 @@ __all__ = [
     "Homes",
     "drop_redundant",
     "drop_stand_in_copies",
+    "int_reply",
     "read_copies",
     "read_versions",
+    "scan_reply",
     "version_of",
 ]
 
@@ -74,6 +76,27 @@ return out
 )
 
 
+def int_reply(node: str, reply: object, what: str) -> int:
+    """``reply`` as a count (an int >= 0); anything else raises :class:`ProtocolError`."""
+    if isinstance(reply, bool) or not isinstance(reply, int) or reply < 0:
+        raise ProtocolError(node, f"{what} answered {reply!r:.60}, not a count")
+    return reply
+
+
+def scan_reply(node: str, reply: object) -> tuple[bytes, list[bytes]]:
+    """A ``SCAN`` reply as ``(cursor, keys)``; anything else raises :class:`ProtocolError`."""
+    if (
+        isinstance(reply, list)
+        and len(reply) == 2
+        and isinstance(reply[0], bytes)
+        and reply[0].isdigit()
+        and isinstance(reply[1], list)
+        and all(isinstance(k, bytes) for k in reply[1])
+    ):
+        return reply[0], reply[1]
+    raise ProtocolError(node, f"SCAN answered {reply!r:.60}")
+
+
 def version_of(raw: object) -> bytes | None:
     """The 16 version bytes of a stored value; None for anything not in the format."""
     if isinstance(raw, bytes) and len(raw) >= 18 and raw[0] == 1:
@@ -90,6 +113,8 @@ async def read_copies(
     if not keys:
         return []
     replies = await pool.run_script(_READ_COPIES, list(keys), [], timeout=timeout)
+    if not isinstance(replies, list) or len(replies) != 2 * len(keys):
+        raise ProtocolError(pool.spec.id, f"copies read answered {replies!r:.60}")
     out: list[tuple[bytes | None, int]] = []
     for i in range(len(keys)):
         raw, exp = replies[2 * i], replies[2 * i + 1]
@@ -176,11 +201,10 @@ async def drop_redundant(
             return 0
         doomed = sorted(vouched)
         versions = [mine[i] or b"" for i in doomed]
-        return int(
-            await pools[holder].run_script(
-                _DELETE_IF_VERSION, [keys[i] for i in doomed], versions, timeout=timeout
-            )
+        deleted = await pools[holder].run_script(
+            _DELETE_IF_VERSION, [keys[i] for i in doomed], versions, timeout=timeout
         )
+        return int_reply(holder, deleted, "delete")
     except ERRORS as exc:
         errors.append(f"{holder}: copies it held as a stand-in kept: {exc}")
         return 0

@@ -28,13 +28,14 @@ received directly (it is writable while recovering).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import anyio
 import attrs
 
 from ..data.scripts import apply_args, hint_keys
+from ..errors import ProtocolError
 from ..resp.pool import Pool
 from ..resp.script import Script
 from .copies import (
@@ -43,13 +44,16 @@ from .copies import (
     ERRORS,
     Homes,
     drop_stand_in_copies,
+    int_reply,
     read_copies,
+    scan_reply,
     version_of,
 )
 
 __all__ = [
     "RepairResult",
     "clear_node",
+    "hint_holders",
     "overflowed",
     "pending_hints",
     "replay_hints",
@@ -82,9 +86,14 @@ async def pending_hints(
     targets: Sequence[str],
     holders: Iterable[str],
     timeout: float,  # noqa: ASYNC109
+    on_bad: Callable[[str, str], None] | None = None,
 ) -> dict[str, int]:
     """Hints recorded for each of ``targets`` (summed over the reachable ``holders``),
-    claimed ones being replayed included."""
+    claimed ones being replayed included.
+
+    A holder whose replies are not counts is left out entirely (``on_bad(holder, reason)``
+    is told), so a node speaking nonsense cannot claim hints for others.
+    """
     counts = dict.fromkeys(targets, 0)
     if not targets:
         return counts
@@ -101,11 +110,71 @@ async def pending_hints(
             return
         try:
             replies = await pool.pipeline(cmds, timeout=timeout)
+            if len(replies) != len(cmds):
+                raise ProtocolError(holder, "wrong number of replies")
+            found = [int_reply(holder, r, "hint count") for r in replies]
+        except ProtocolError as exc:
+            if on_bad is not None:
+                on_bad(holder, exc.reason)
+            return
         except ERRORS:
             return
         for i, t in enumerate(targets):
             if t != holder:
-                counts[t] += sum(int(r) for r in replies[3 * i : 3 * i + 3])
+                counts[t] += sum(found[3 * i : 3 * i + 3])
+
+    with anyio.move_on_after(timeout):
+        async with anyio.create_task_group() as tg:
+            for holder in holders:
+                tg.start_soon(one, holder)
+    return counts
+
+
+async def hint_holders(
+    pools: Mapping[str, Pool],
+    namespace: str,
+    targets: Sequence[str],
+    holders: Iterable[str],
+    timeout: float,  # noqa: ASYNC109
+    on_bad: Callable[[str, str], None] | None = None,
+) -> dict[str, int]:
+    """How many of the reachable ``holders`` hold hints (a hint set, claims being replayed
+    or an overflow marker) for each of ``targets``.
+
+    The cheap form of :func:`pending_hints`, run every heartbeat: one ``EXISTS`` over every
+    hint key of every target per holder, so its cost per holder does not grow with the
+    number of nodes; only a holder that holds any hint is asked again, target by target.
+    A holder whose replies are not counts is left out (``on_bad(holder, reason)``).
+    """
+    counts = dict.fromkeys(targets, 0)
+
+    async def one(holder: str) -> None:
+        pool = pools.get(holder)
+        mine = [t for t in targets if t != holder]
+        if pool is None or not mine:
+            return
+        keys = [[*hint_keys(namespace, t), _claim_key(namespace, t)] for t in mine]
+        try:
+            every = [k for group in keys for k in group]
+            total = int_reply(
+                holder, await pool.execute("EXISTS", *every, timeout=timeout), "EXISTS"
+            )
+            if total > 3 * len(mine):
+                raise ProtocolError(holder, f"EXISTS of {3 * len(mine)} keys answered {total}")
+            found = [0] * len(mine)
+            if total:
+                replies = await pool.pipeline([("EXISTS", *k) for k in keys], timeout=timeout)
+                found = [int_reply(holder, r, "EXISTS") for r in replies]
+                if len(found) != len(mine) or sum(found) != total:
+                    raise ProtocolError(holder, "per-target EXISTS replies do not add up")
+        except ProtocolError as exc:
+            if on_bad is not None:
+                on_bad(holder, exc.reason)
+            return
+        except ERRORS:
+            return
+        for t, n in zip(mine, found, strict=True):
+            counts[t] += n > 0
 
     with anyio.move_on_after(timeout):
         async with anyio.create_task_group() as tg:
@@ -127,7 +196,10 @@ async def overflowed(
     for holder in holders:
         if holder == node or holder not in pools:
             continue
-        if await pools[holder].execute("EXISTS", over, timeout=timeout):
+        exists = await pools[holder].execute("EXISTS", over, timeout=timeout)
+        if int_reply(holder, exists, "EXISTS") > 1:
+            raise ProtocolError(holder, f"EXISTS of one key answered {exists}")
+        if exists:
             found.append(holder)
     return found
 
@@ -138,13 +210,22 @@ async def clear_node(pool: Pool, namespace: str, *, batch: int = 1000, timeout: 
     cursor: bytes | int = 0
     removed = 0
     while True:
-        cursor, keys = await pool.execute(
-            "SCAN", cursor, "MATCH", pattern, "COUNT", batch, timeout=timeout
+        cursor, keys = scan_reply(
+            pool.spec.id,
+            await pool.execute("SCAN", cursor, "MATCH", pattern, "COUNT", batch, timeout=timeout),
         )
         if keys:
-            removed += int(await pool.execute("UNLINK", *keys, timeout=timeout))
+            unlinked = await pool.execute("UNLINK", *keys, timeout=timeout)
+            removed += int_reply(pool.spec.id, unlinked, "UNLINK")
         if cursor in (b"0", 0, "0"):
             return removed
+
+
+def _members(node: str, reply: object) -> list[bytes]:
+    """A set-members reply (a list of bytes); anything else raises :class:`ProtocolError`."""
+    if isinstance(reply, list) and all(isinstance(m, bytes) for m in reply):
+        return reply
+    raise ProtocolError(node, f"SRANDMEMBER answered {reply!r:.60}")
 
 
 def _claim_key(namespace: str, node: str) -> bytes:
@@ -207,9 +288,11 @@ async def replay_hints(
         for holder in holder_ids:
             pool = pools[holder]
             try:
-                members = await pool.execute("SRANDMEMBER", claim_key, batch, timeout=timeout)
+                got = await pool.execute("SRANDMEMBER", claim_key, batch, timeout=timeout)
+                members = _members(holder, got)
                 if not members:
-                    members = await pool.execute("SRANDMEMBER", hint_key, batch, timeout=timeout)
+                    got = await pool.execute("SRANDMEMBER", hint_key, batch, timeout=timeout)
+                    members = _members(holder, got)
                     if members:
                         await pool.run_script(
                             _CLAIM, [hint_key, claim_key], members, timeout=timeout
@@ -298,9 +381,8 @@ async def _replay_batch(
             mine = await read_copies(target, missing, timeout)
             for k, (raw, _) in zip(missing, mine, strict=True):
                 if raw is not None:
-                    result.deleted += int(
-                        await target.run_script(DELETE_IF_SAME, [k], [raw], timeout=timeout)
-                    )
+                    gone = await target.run_script(DELETE_IF_SAME, [k], [raw], timeout=timeout)
+                    result.deleted += int_reply(target.spec.id, gone, "delete")
     except ERRORS as exc:
         result.errors.append(f"target: {exc}")
         return None
@@ -341,8 +423,11 @@ async def resync_node(
         cursor: bytes | int = 0
         try:
             while True:
-                cursor, keys = await pool.execute(
-                    "SCAN", cursor, "MATCH", pattern, "COUNT", batch, timeout=timeout
+                cursor, keys = scan_reply(
+                    source,
+                    await pool.execute(
+                        "SCAN", cursor, "MATCH", pattern, "COUNT", batch, timeout=timeout
+                    ),
                 )
                 mine = [
                     k

@@ -15,8 +15,17 @@ from collections.abc import Iterable, Mapping, Sequence
 import attrs
 
 from ..data.scripts import apply_args
+from ..errors import ProtocolError
 from ..resp.pool import Pool
-from .copies import APPLY, ERRORS, Homes, drop_redundant, read_copies, read_versions
+from .copies import (
+    APPLY,
+    ERRORS,
+    Homes,
+    drop_redundant,
+    read_copies,
+    read_versions,
+    scan_reply,
+)
 
 __all__ = ["SweepResult", "anti_entropy"]
 
@@ -72,8 +81,11 @@ async def anti_entropy(
         cursor: bytes | int = 0
         try:
             while True:
-                cursor, keys = await pool.execute(
-                    "SCAN", cursor, "MATCH", pattern, "COUNT", batch, timeout=timeout
+                cursor, keys = scan_reply(
+                    source,
+                    await pool.execute(
+                        "SCAN", cursor, "MATCH", pattern, "COUNT", batch, timeout=timeout
+                    ),
                 )
                 if keys:
                     ok &= await _sweep_batch(
@@ -158,6 +170,8 @@ async def _sweep_batch(
         key_list, argv = apply_args(entries, hint_limit=hint_limit)
         try:
             reply = await pools[t].run_script(APPLY, key_list, argv, timeout=timeout)
+            if not isinstance(reply, bytes):
+                raise ProtocolError(t, f"the write script answered {reply!r:.60}")
         except ERRORS as exc:
             ok = False
             result.errors.append(f"{t}: {exc}")

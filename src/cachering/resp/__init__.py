@@ -14,7 +14,7 @@ Replies are RESP2 values as hiredis builds them: ``bytes`` (simple strings too:
 
 from __future__ import annotations
 
-from .connection import Arg, Connection, pack_command, pack_commands
+from .connection import Arg, Connection, ReplyLimits, pack_command, pack_commands
 from .pool import Pool, PoolStats
 from .pubsub import Message, PubSub
 from .script import Script
@@ -26,6 +26,7 @@ __all__ = [
     "Pool",
     "PoolStats",
     "PubSub",
+    "ReplyLimits",
     "Script",
     "pack_command",
     "pack_commands",

@@ -11,6 +11,12 @@ A connection that saw a timeout, a cancellation in the middle of a call, a proto
 error or a connection error is marked :attr:`Connection.broken`, closed at once and
 never used again: a half-read reply would otherwise be read as the answer to the next
 command.
+
+Every byte a node sends passes a reply guard before hiredis parses it: a reply that
+announces more than :class:`ReplyLimits` allow (a bulk string, an aggregate, or its
+bytes so far) fails the call with :class:`~cachering.errors.ProtocolError` and closes
+the connection, so a hostile or broken node can neither fill memory nor make hiredis
+allocate (and later free, slot by slot, on the event loop) a huge array.
 """
 
 from __future__ import annotations
@@ -22,17 +28,27 @@ import socket
 import ssl
 from collections.abc import Callable, Sequence
 from time import monotonic
-from typing import Any, TypeAlias, cast
+from typing import Any, Final, TypeAlias, cast
 
 import anyio
+import attrs
 import hiredis
 from anyio.abc import ByteStream, SocketAttribute
 
 from ..errors import NodeUnavailable, ProtocolError, ResponseError
 from ..node import NodeSpec
+from ._guard_py import ReplyGuard
 from .script import Script
 
-__all__ = ["ENCODER", "Arg", "Connection", "pack_command", "pack_commands"]
+__all__ = [
+    "DEFAULT_LIMITS",
+    "ENCODER",
+    "Arg",
+    "Connection",
+    "ReplyLimits",
+    "pack_command",
+    "pack_commands",
+]
 
 Arg: TypeAlias = bytes | str | int | float | memoryview
 """A command argument: ``str`` is sent UTF-8 encoded, numbers in decimal."""
@@ -41,15 +57,49 @@ _RECEIVE_SIZE = 65536
 _pack: Callable[[tuple[Any, ...]], bytes]
 ENCODER: str
 """Which command encoder runs: ``"c"`` (the compiled one) or ``"hiredis"``; same bytes."""
+
 if os.environ.get("CACHERING_NO_EXTENSIONS") or platform.python_implementation() != "CPython":
     _pack, ENCODER = hiredis.pack_command, "hiredis"
 else:
     try:
-        from ._resp_c import pack_command as _pack  # type: ignore[import-not-found,no-redef]
+        from ._resp_c import ReplyGuard  # type: ignore[import-not-found,no-redef]
+        from ._resp_c import pack_command as _pack  # type: ignore[no-redef]
 
         ENCODER = "c"
     except ImportError:  # built without a compiler: hiredis encodes the same bytes
         _pack, ENCODER = hiredis.pack_command, "hiredis"
+
+
+@attrs.frozen
+class ReplyLimits:
+    """The largest reply a connection accepts: a bulk string of ``max_bulk`` bytes, an
+    aggregate of ``max_elements`` elements, ``max_bytes`` bytes in all.
+
+    >>> ReplyLimits.for_values(1 << 20).max_bulk
+    1114112
+    """
+
+    max_bulk: int = attrs.field(validator=attrs.validators.ge(1))
+    max_elements: int = attrs.field(validator=attrs.validators.ge(1))
+    max_bytes: int = attrs.field(validator=attrs.validators.ge(1))
+
+    @classmethod
+    def for_values(cls, max_value_size: int) -> ReplyLimits:
+        """Limits for values up to ``max_value_size`` bytes: each bulk string that plus 64
+        KiB (headers), a reply four of those or at least 64 MiB (batches), 2**20 elements
+        (freeing a partly read array of that many takes hiredis about 2 ms)."""
+        bulk = max_value_size + 65536
+        return cls(bulk, 1 << 20, max(4 * bulk, 64 << 20))
+
+
+DEFAULT_LIMITS: Final = ReplyLimits.for_values(64 << 20)
+"""The limits for the default ``max_value_size`` (64 MiB)."""
+
+
+class _Refused(Exception):
+    """The reply guard refused what the node sent (the reason is the message)."""
+
+
 # The errors a broken socket can surface as, whatever the backend and TLS or not.
 _IO_ERRORS = (
     anyio.EndOfStream,
@@ -129,13 +179,24 @@ class Connection:
     A connection runs one call at a time (a pool hands it to one task at a time).
     """
 
-    __slots__ = ("_own_socket", "_reader", "_socket", "_stream", "broken", "last_used", "spec")
+    __slots__ = (
+        "_guard",
+        "_own_socket",
+        "_reader",
+        "_socket",
+        "_stream",
+        "broken",
+        "last_used",
+        "spec",
+    )
 
     spec: NodeSpec
     broken: bool
     last_used: float
 
-    def __init__(self, spec: NodeSpec, stream: ByteStream) -> None:
+    def __init__(
+        self, spec: NodeSpec, stream: ByteStream, limits: ReplyLimits = DEFAULT_LIMITS
+    ) -> None:
         self.spec = spec
         #: ``True`` once the connection failed or was closed; it is never used again.
         self.broken = False
@@ -144,6 +205,7 @@ class Connection:
         self._stream = stream
         self._own_socket = False
         self._reader = hiredis.Reader(replyError=ResponseError)
+        self._guard = ReplyGuard(limits.max_bulk, limits.max_elements, limits.max_bytes).feed
         self._socket: socket.socket | None = None
         raw: Any = stream.extra(SocketAttribute.raw_socket, None)
         if isinstance(raw, socket.socket):
@@ -162,8 +224,12 @@ class Connection:
         return f"<Connection {self.spec.id} {self.spec.address} {state}>"
 
     @classmethod
-    async def open(cls, spec: NodeSpec, *, connect_timeout: float = 1.0) -> Connection:
+    async def open(
+        cls, spec: NodeSpec, *, connect_timeout: float = 1.0, limits: ReplyLimits = DEFAULT_LIMITS
+    ) -> Connection:
         """Connect, authenticate (``AUTH``) and select the database, all within ``connect_timeout``.
+
+        ``limits`` bounds every reply (see :class:`ReplyLimits`).
 
         Raises :class:`~cachering.errors.NodeUnavailable` when the node cannot be reached,
         refuses the credentials (the reason carries the server's message, e.g.
@@ -196,7 +262,7 @@ class Connection:
                 node, f"cannot connect to {spec.address}: {_describe(exc)}"
             ) from exc
         try:
-            conn = cls(spec, stream)
+            conn = cls(spec, stream, limits)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
@@ -321,6 +387,9 @@ class Connection:
         except hiredis.ProtocolError as exc:
             await self._discard()
             raise ProtocolError(self.spec.id, f"bad reply from server: {exc}") from None
+        except _Refused as exc:
+            await self._discard()
+            raise ProtocolError(self.spec.id, f"bad reply from server: {exc}") from None
         except _IO_ERRORS as exc:
             partial = " mid-reply" if self._reader.has_data() else ""
             await self._discard()
@@ -335,12 +404,18 @@ class Connection:
         reader = self._reader
         gets = reader.gets
         receive = self._stream.receive
+        guard = self._guard
         replies: list[Any] = []
         append = replies.append
         while count:
             reply = gets()
             if reply is False:
-                reader.feed(await receive(_RECEIVE_SIZE))
+                data = await receive(_RECEIVE_SIZE)
+                try:
+                    guard(data)
+                except ValueError as exc:
+                    raise _Refused(str(exc)) from None
+                reader.feed(data)
                 continue
             append(reply)
             count -= 1
@@ -375,9 +450,14 @@ class Connection:
         try:
             reply = reader.gets()
             while reply is False:
-                reader.feed(await self._stream.receive(_RECEIVE_SIZE))
+                data = await self._stream.receive(_RECEIVE_SIZE)
+                self._guard(data)
+                reader.feed(data)
                 reply = reader.gets()
         except hiredis.ProtocolError as exc:
+            await self._discard()
+            raise ProtocolError(self.spec.id, f"bad reply from server: {exc}") from None
+        except ValueError as exc:  # the reply guard
             await self._discard()
             raise ProtocolError(self.spec.id, f"bad reply from server: {exc}") from None
         except _IO_ERRORS as exc:

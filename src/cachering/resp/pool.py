@@ -23,7 +23,7 @@ import attrs
 
 from ..errors import NodeUnavailable
 from ..node import NodeSpec
-from .connection import Arg, Connection
+from .connection import DEFAULT_LIMITS, Arg, Connection, ReplyLimits
 from .script import Script
 
 __all__ = ["Pool", "PoolStats"]
@@ -65,7 +65,8 @@ class Pool:
     ``timeout`` is the default per-call timeout, covering write and read of the whole
     call (``None``: no limit); a call's own ``timeout`` overrides it. A connection idle for
     more than ``health_check_interval`` seconds is PINGed before reuse; every reused
-    connection is first checked for EOF with a non-blocking peek.
+    connection is first checked for EOF with a non-blocking peek. ``limits`` bounds every
+    reply (see :class:`~cachering.resp.connection.ReplyLimits`).
 
     >>> pool = Pool(spec)                              # doctest: +SKIP
     >>> await pool.execute("SET", "k", "v")            # doctest: +SKIP
@@ -82,6 +83,7 @@ class Pool:
         backoff_base: float = 0.05,
         backoff_max: float = 2.0,
         health_check_interval: float = 30.0,
+        limits: ReplyLimits = DEFAULT_LIMITS,
     ) -> None:
         if not isinstance(spec, NodeSpec):
             raise TypeError(f"spec must be a NodeSpec, got {type(spec).__name__}")
@@ -100,6 +102,7 @@ class Pool:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.health_check_interval = health_check_interval
+        self.limits = limits
         #: ``True`` after :meth:`aclose`; every later call raises NodeUnavailable.
         self.closed = False
         self._idle: deque[Connection] = deque()
@@ -281,7 +284,9 @@ class Pool:
                     f"{self._consecutive_failures} failed connect(s): {self._last_error}",
                 )
             try:
-                conn = await Connection.open(self.spec, connect_timeout=self.connect_timeout)
+                conn = await Connection.open(
+                    self.spec, connect_timeout=self.connect_timeout, limits=self.limits
+                )
             except NodeUnavailable as exc:
                 self._connect_failures += 1
                 self._consecutive_failures += 1

@@ -27,7 +27,7 @@ import attrs
 
 from ..errors import NodeUnavailable
 from ..node import NodeSpec
-from .connection import Connection
+from .connection import DEFAULT_LIMITS, Connection, ReplyLimits
 
 __all__ = ["Message", "PubSub"]
 
@@ -70,7 +70,8 @@ class PubSub:
     connection is noticed at once; to notice a node that silently stopped answering
     (paused, or a network path gone), pass ``health_check_interval``: after that many
     seconds without a byte the reader sends ``PING``, and treats a further interval of
-    silence as a lost connection. Meant to be read by one
+    silence as a lost connection. ``limits`` bounds every message (an oversized one
+    closes the connection, which counts as a gap). Meant to be read by one
     task; other tasks may subscribe and unsubscribe concurrently.
     """
 
@@ -82,6 +83,7 @@ class PubSub:
         backoff_base: float = 0.05,
         backoff_max: float = 2.0,
         health_check_interval: float | None = None,
+        limits: ReplyLimits = DEFAULT_LIMITS,
     ) -> None:
         if not isinstance(spec, NodeSpec):
             raise TypeError(f"spec must be a NodeSpec, got {type(spec).__name__}")
@@ -102,6 +104,7 @@ class PubSub:
                 f"got {health_check_interval!r}"
             )
         self.health_check_interval = health_check_interval
+        self.limits = limits
         self.spec = spec
         self.connect_timeout = connect_timeout
         self.backoff_base = backoff_base
@@ -218,7 +221,9 @@ class PubSub:
 
     async def _connect(self) -> None:
         """Open a connection and subscribe to everything registered (lock held)."""
-        conn = await Connection.open(self.spec, connect_timeout=self.connect_timeout)
+        conn = await Connection.open(
+            self.spec, connect_timeout=self.connect_timeout, limits=self.limits
+        )
         try:
             if self._channels:
                 await conn.send_command("SUBSCRIBE", *self._channels)
