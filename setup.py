@@ -35,33 +35,43 @@ NO_EXTENSIONS = bool(os.environ.get("CACHERING_NO_EXTENSIONS"))
 REQUIRED = os.environ.get("CACHERING_REQUIRE_EXTENSIONS", "") not in ("", "0")
 
 
-def _skip(reason: object) -> None:
-    print(
-        f"cachering: C extensions not built ({reason}); installing the pure-Python package "
-        "(set CACHERING_REQUIRE_EXTENSIONS=1 to make this an error)",
-        file=sys.stderr,
-    )
-
-
 class OptionalBuildExt(build_ext):
-    """build_ext that falls back to pure Python unless CACHERING_REQUIRE_EXTENSIONS is set."""
+    """build_ext that falls back to pure Python unless CACHERING_REQUIRE_EXTENSIONS is set.
+
+    The first extension that fails to compile ends the attempt; one line says why.
+    """
+
+    def initialize_options(self) -> None:
+        super().initialize_options()
+        self._failed: list[str] = []
+        self._reason = ""
 
     def run(self) -> None:
         try:
             super().run()
-        except _COMPILE_ERRORS as exc:
+        except _COMPILE_ERRORS as exc:  # no compiler at all (e.g. no MSVC on Windows)
             if REQUIRED:
                 raise
-            _skip(exc)
-            self.extensions = []
+            self._failed, self._reason = [e.name for e in self.extensions], type(exc).__name__
+        if self._failed:
+            print(
+                f"cachering: C extensions not built ({', '.join(self._failed)}: "
+                f"{self._reason}, the C compiler failed); installing the pure-Python package "
+                "(set CACHERING_REQUIRE_EXTENSIONS=1 to make this an error)",
+                file=sys.stderr,
+            )
 
     def build_extension(self, ext) -> None:
+        if self._failed:  # the compiler already failed once: do not try it again
+            self._failed.append(ext.name)
+            return
         try:
             super().build_extension(ext)
         except _COMPILE_ERRORS as exc:
             if REQUIRED:
                 raise
-            _skip(f"{ext.name}: {exc}")
+            self._failed.append(ext.name)
+            self._reason = type(exc).__name__
 
 
 def _extensions() -> list:
