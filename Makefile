@@ -69,7 +69,7 @@ typecheck: dev  ## mypy --strict
 	$(PY) -m mypy
 
 docs: dev  ## the reference site (mkdocs, warnings are errors) into site/
-	$(PY) -m mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 
 bench: install redis-server  ## every benchmark, ratios in one run
 	$(PY) -m pytest benchmarks --benchmark-enable --benchmark-columns=min,median,ops -p no:randomly -q
