@@ -104,3 +104,39 @@ def test_import_does_not_load_opentelemetry() -> None:
 def test_shape_is_checked() -> None:
     with pytest.raises(ValueError, match="shape"):
         tracing_mod.traced("get", "keys")
+
+
+_GLOBAL_PROVIDER = """
+import anyio
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from cachering import Cluster, ClusterConfig
+from cachering.local import LocalCluster
+
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+
+async def main(nodes):
+    async with Cluster(ClusterConfig(nodes=nodes, heartbeat_interval=0.2)) as cache:
+        await cache.set("a", b"1")  # no provider yet: no span
+        trace.set_tracer_provider(provider)
+        with anyio.fail_after(10):  # noticed within about a second
+            while not exporter.get_finished_spans():
+                assert await cache.get("a") == b"1"
+                await anyio.sleep(0.05)
+
+with LocalCluster(1) as servers:
+    anyio.run(main, servers.nodes)
+print(sorted({span.name for span in exporter.get_finished_spans()}))
+"""
+
+
+def test_the_global_provider_is_noticed_once_set() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", _GLOBAL_PROVIDER], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "['cachering get']"

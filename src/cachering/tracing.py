@@ -17,14 +17,17 @@ semantic conventions:
 =============================  =====================================================
 
 A failed operation's span records the exception and an error status. Without the API,
-or before a provider is set, an operation costs one check and no span; the API is
-imported on the first operation, never at ``import cachering``.
+or before a provider is set, an operation costs one clock read and no span; a global
+provider is noticed within a second of being set. The API is imported on the first
+operation, never at ``import cachering``.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Awaitable, Callable, Sized
+from time import monotonic
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 __all__ = ["traced", "use_tracer_provider"]
@@ -34,23 +37,36 @@ R = TypeVar("R")
 S = TypeVar("S")
 
 _UNSET: Any = object()
+_RECHECK = 1.0  # seconds between looks for a global provider while none is set
 _trace: Any = _UNSET  # the opentelemetry.trace module, None without the API
 _override: Any = None  # a provider given to use_tracer_provider
-_tracers: dict[int, tuple[Any, Any]] = {}  # id(provider) -> (provider, tracer)
+_tracer_now: Any = None  # the tracer in use, None while tracing is off
+_next_look = 0.0  # monotonic time of the next look for a provider
 
 
 def use_tracer_provider(provider: Any) -> None:
     """Trace with ``provider`` instead of OpenTelemetry's global one (None: the global).
 
-    For a process that keeps several providers, and for tests.
+    For a process that keeps several providers, and for tests. Takes effect at once.
     """
-    global _override
-    _override = provider
+    global _override, _next_look, _tracer_now
+    _override, _next_look, _tracer_now = provider, 0.0, None
 
 
 def _tracer() -> Any:
-    """The tracer to use now, or None when tracing is off."""
-    global _trace
+    """The tracer to use now, or None when tracing is off.
+
+    OpenTelemetry's global provider can be set once only, so once it is set the tracer
+    is kept; before that, a look costs microseconds, so it is taken at most once a
+    second (spans start within a second of ``set_tracer_provider``).
+    """
+    global _trace, _tracer_now, _next_look
+    if _tracer_now is not None:
+        return _tracer_now
+    now = monotonic()
+    if now < _next_look:
+        return None
+    _next_look = now + _RECHECK
     if _trace is _UNSET:
         try:
             import opentelemetry.trace
@@ -59,17 +75,15 @@ def _tracer() -> Any:
         else:
             _trace = opentelemetry.trace
     if _trace is None:
+        _next_look = math.inf  # no API: tracing stays off in this process
         return None
     provider = _override if _override is not None else _trace.get_tracer_provider()
     if isinstance(provider, (_trace.ProxyTracerProvider, _trace.NoOpTracerProvider)):
         return None  # no provider set: nothing would record the spans
-    cached = _tracers.get(id(provider))
-    if cached is None or cached[0] is not provider:
-        from . import __version__
+    from . import __version__
 
-        cached = (provider, provider.get_tracer("cachering", __version__))
-        _tracers[id(provider)] = cached
-    return cached[1]
+    _tracer_now = provider.get_tracer("cachering", __version__)
+    return _tracer_now
 
 
 def _attributes(cluster: Any, operation: str, args: tuple[Any, ...], shape: str) -> dict[str, Any]:
@@ -125,8 +139,9 @@ def traced(operation: str, shape: str = "none") -> Callable[[Method[S, P, R]], M
     def wrap(method: Method[S, P, R]) -> Method[S, P, R]:
         @functools.wraps(method)
         def call(self: S, /, *args: P.args, **kwargs: P.kwargs) -> Awaitable[R]:
-            tracer = _tracer()
-            if tracer is None:
+            tracer = _tracer_now
+            # the off path in line: no span, one clock read
+            if tracer is None and (monotonic() < _next_look or (tracer := _tracer()) is None):
                 return method(self, *args, **kwargs)
             attributes = _attributes(self, operation, args, shape)
             return _in_span(tracer, operation, attributes, method(self, *args, **kwargs))
