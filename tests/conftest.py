@@ -10,7 +10,9 @@ from types import ModuleType
 import pytest
 from hypothesis import HealthCheck, settings
 
-from cachering.local import LocalCluster
+from cachering import ServerNotFound
+from cachering.local import LocalCluster, ServerStartError, find_server, server_version
+from cachering.local.procs import supports_tls
 from cachering.ring import _ring_py
 from cluster_helpers import Inspector
 
@@ -74,12 +76,28 @@ _PURE_MODULES = (
 )
 
 
+# Fixtures that start servers: a test using one needs servers even in a pure module.
+_SERVER_FIXTURES = {"local", "inspect", "server"}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test that needs real servers with ``redis``."""
     for item in items:
         name = item.path.stem
-        if not name.startswith(_PURE_MODULES):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if not name.startswith(_PURE_MODULES) or fixtures & _SERVER_FIXTURES:
             item.add_marker(pytest.mark.redis)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Name the server binary the tests start, so a run's log says what it tested."""
+    try:
+        path = find_server()
+        version = ".".join(map(str, server_version(path)))
+    except (ServerNotFound, ServerStartError) as exc:
+        return f"cache server: none ({exc})"
+    tls = "with TLS" if supports_tls(path) else "without TLS"
+    return f"cache server: {path} (version {version}, {tls})"
 
 
 @pytest.fixture(scope="module")

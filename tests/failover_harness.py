@@ -30,6 +30,7 @@ from cachering.errors import CacheringError
 from cachering.local import LocalCluster
 from cachering.local.faults import FaultProxy
 from cachering.node import NodeSpec
+from cluster_helpers import pexpiretime
 
 SECRET = b"failover-secret-0123456789abcdef"
 
@@ -442,7 +443,7 @@ class Checker:
             for node in homes:
                 client = clients[node]
                 raw = client.get(prefix + key)
-                exp = client.execute_command("PEXPIRETIME", prefix + key)  # type: ignore[no-untyped-call]
+                exp = pexpiretime(client, prefix + key)
                 seen.add((raw, exp))
             if len(seen) > 1:
                 everywhere = {n: values.user_bytes(c.get(prefix + key)) for n, c in clients.items()}  # type: ignore[arg-type]

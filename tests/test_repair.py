@@ -22,6 +22,7 @@ from cachering.repair.hints import (
 from cachering.repair.sweep import anti_entropy
 from cachering.resp.pool import Pool
 from cachering.ring import Ring
+from cluster_helpers import copied_expiry
 
 pytestmark = pytest.mark.anyio
 
@@ -71,7 +72,7 @@ async def test_replay_copies_newest_version_expiry_and_deletes(local: LocalClust
         assert result.replayed == 4  # a, d, and b twice (hinted on both holders)
         assert result.deleted == 1  # c: no copy left anywhere
         assert values.user_bytes(r["n0"].get(_k("a"))) == b"new-a"  # type: ignore[arg-type]
-        assert r["n0"].execute_command("PEXPIRETIME", _k("a")) == later  # type: ignore[no-untyped-call]
+        assert copied_expiry(r["n0"], _k("a"), later) == later
         assert values.user_bytes(r["n0"].get(_k("b"))) is None  # type: ignore[arg-type]
         assert r["n0"].get(_k("b")) == _v(6, None)
         assert r["n0"].get(_k("c")) is None
@@ -140,7 +141,7 @@ async def test_replay_drops_stand_in_copies_once_every_home_has_them(
         assert result.dropped == 1
         assert r["n2"].get(_k("s1")) is None
         assert r["n0"].get(_k("s1")) == r["n1"].get(_k("s1")) == _v(5, b"five")
-        assert r["n0"].execute_command("PEXPIRETIME", _k("s1")) == later  # type: ignore[no-untyped-call]
+        assert copied_expiry(r["n0"], _k("s1"), later) == later
         assert r["n2"].get(_k("s2")) == _v(5, b"five")
         assert r["n2"].get(_k("s3")) == _v(5, b"five")
     finally:
@@ -270,15 +271,15 @@ async def test_anti_entropy_sweep_converges_diverged_copies(local: LocalCluster)
         # key1: one home had no copy when the stray was looked at, or both hold the newer
         # tombstone: either way the stray never wins, and it is gone once both agree
         for i, name in enumerate(names):
-            got = {
-                (r[h].get(_k(name)), r[h].execute_command("PEXPIRETIME", _k(name)))  # type: ignore[no-untyped-call]
-                for h in homes[name]
-            }
             expected = [
                 (_v(5, b"new"), later),
                 (_v(7, None), later),
                 (_v(3, b"same"), -1),
             ][i % 3]
+            got = {
+                (r[h].get(_k(name)), copied_expiry(r[h], _k(name), expected[1]))
+                for h in homes[name]
+            }
             assert got == {expected}, name
         again = await anti_entropy(pools, NS, sources=ids, targets=ids, homes=_homes(ring))
         assert again.complete
@@ -309,7 +310,7 @@ async def test_repair_copies_expiry_on_redis_6_2() -> None:
             assert result.complete, result.errors
             assert result.replayed == 2
             # PTTL + TIME on the source (and in the check): the same expiry, within rounding
-            assert abs(_pexpiretime(r["n0"], _k("a")) - later) <= 2
+            assert copied_expiry(r["n0"], _k("a"), later) == later
             assert r["n0"].pttl(_k("b")) == -1
             assert values.user_bytes(r["n0"].get(_k("a"))) == b"a"  # type: ignore[arg-type]
 
@@ -318,7 +319,7 @@ async def test_repair_copies_expiry_on_redis_6_2() -> None:
                 "n2", pools, NS, sources=["n0", "n1"], homes=lambda keys: [tuple(ids)] * len(keys)
             )
             assert synced.complete, synced.errors
-            assert abs(_pexpiretime(r["n2"], _k("a")) - later) <= 2
+            assert copied_expiry(r["n2"], _k("a"), later) == later
 
             r["n2"].set(_k("a"), _v(4, b"old"))
             ring = Ring(dict.fromkeys(ids, 1.0))
@@ -331,19 +332,9 @@ async def test_repair_copies_expiry_on_redis_6_2() -> None:
             swept = await anti_entropy(pools, NS, sources=ids, targets=ids, homes=_homes(ring))
             assert swept.complete, swept.errors
             assert r[homes[1]].get(_k("a")) == _v(6, b"newest")
-            assert abs(_pexpiretime(r[homes[1]], _k("a")) - later) <= 2
+            assert copied_expiry(r[homes[1]], _k("a"), later) == later
         finally:
             for pool in pools.values():
                 await pool.aclose()
             for c in r.values():
                 c.close()
-
-
-def _pexpiretime(client: redis.Redis, key: bytes) -> int:
-    """Absolute expiry in ms without PEXPIRETIME (Redis 6.2): PTTL plus the server's TIME."""
-    with client.pipeline(transaction=True) as pipe:
-        pipe.time()
-        pipe.pttl(key)
-        (sec, usec), pttl = pipe.execute()
-    assert pttl >= 0
-    return int(sec * 1000 + usec // 1000 + pttl)

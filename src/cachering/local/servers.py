@@ -37,6 +37,7 @@ import anyio
 
 from ..errors import ServerStartError
 from ..node import NodeSpec
+from .certs import make_certificates
 from .procs import (
     HOW_TO_GET,
     MIN_VERSION,
@@ -164,6 +165,9 @@ class LocalCluster:
             disabled, so clients must ``AUTH username password``.
         tls: serve TLS only, with certificates made on the fly by ``trustme``;
             :attr:`client_ssl_context` trusts their CA.
+        tls_client_auth: with ``tls``, the servers also require a client certificate
+            (``tls-auth-clients yes``); one is made, :attr:`client_ssl_context` presents
+            it and :attr:`client_cert_path`/:attr:`client_key_path` name its files.
         directory: where the per-node directories go. When given it is kept after
             :meth:`stop` (logs for post-mortems); by default a temporary directory is
             used and removed.
@@ -184,6 +188,7 @@ class LocalCluster:
         password: str | None = None,
         username: str | None = None,
         tls: bool = False,
+        tls_client_auth: bool = False,
         directory: str | Path | None = None,
         startup_timeout: float = 10.0,
         extra_args: Sequence[str] = (),
@@ -216,6 +221,9 @@ class LocalCluster:
         self.password = password
         self.username = username
         self.tls = bool(tls)
+        self.tls_client_auth = bool(tls_client_auth)
+        if self.tls_client_auth and not self.tls:
+            raise ValueError("tls_client_auth needs tls=True")
         self.startup_timeout = float(startup_timeout)
         self.extra_args: tuple[str, ...] = tuple(extra_args)
         self.id_prefix = id_prefix
@@ -232,6 +240,10 @@ class LocalCluster:
         """With ``tls=True``: a client context that trusts the cluster's CA."""
         self.ca_path: Path | None = None
         """With ``tls=True``: the CA certificate (PEM file), e.g. for ``ssl_ca_certs``."""
+        self.client_cert_path: Path | None = None
+        """With ``tls_client_auth=True``: the client certificate (``ssl_certfile``)."""
+        self.client_key_path: Path | None = None
+        """With ``tls_client_auth=True``: the client's key (``ssl_keyfile``)."""
         self._paused: set[int] = set()
         self._lock = threading.RLock()
         self._started = False
@@ -441,24 +453,13 @@ class LocalCluster:
                 "was built without TLS support; use a build with TLS, e.g. "
                 "`apt-get install redis-server` (Debian/Ubuntu build it with TLS)"
             )
-        try:
-            import trustme
-        except ImportError as exc:
-            raise ServerStartError(
-                "tls=True needs the trustme package: pip install 'cachering[local]'"
-            ) from exc
         assert self._base is not None
-        ca = trustme.CA()
-        cert = ca.issue_cert(HOST, "localhost")
-        tls_dir = self._base / "tls"
-        tls_dir.mkdir(exist_ok=True)
-        cert.cert_chain_pems[0].write_to_path(str(tls_dir / "server.crt"))
-        cert.private_key_pem.write_to_path(str(tls_dir / "server.key"))
-        ca.cert_pem.write_to_path(str(tls_dir / "ca.crt"))
-        self.ca_path = tls_dir / "ca.crt"
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-        ca.configure_trust(context)
-        self.client_ssl_context = context
+        certs = make_certificates(
+            self._base / "tls", (HOST, "localhost"), client=self.tls_client_auth
+        )
+        self.ca_path = certs.ca
+        self.client_cert_path, self.client_key_path = certs.client_cert, certs.client_key
+        self.client_ssl_context = certs.client_context
 
     def _config(self, i: int, port: int) -> str:
         node_dir = self._node_dir(i)
@@ -480,7 +481,7 @@ class LocalCluster:
                 f"tls-cert-file {_conf_quote(str(tls_dir / 'server.crt'))}",
                 f"tls-key-file {_conf_quote(str(tls_dir / 'server.key'))}",
                 f"tls-ca-cert-file {_conf_quote(str(tls_dir / 'ca.crt'))}",
-                "tls-auth-clients no",
+                f"tls-auth-clients {'yes' if self.tls_client_auth else 'no'}",
             ]
         else:
             lines.append(f"port {port}")

@@ -34,6 +34,7 @@ import anyio
 import attrs
 import hiredis
 from anyio.abc import ByteStream, SocketAttribute
+from anyio.streams.tls import TLSStream
 
 from ..errors import NodeUnavailable, ProtocolError, ResponseError
 from ..node import NodeSpec
@@ -173,6 +174,34 @@ def _describe(exc: BaseException) -> str:
     return str(cause) or type(cause).__name__
 
 
+async def _connect(spec: NodeSpec) -> ByteStream:
+    """Open the byte stream to a node: TCP or a Unix socket, with TLS when configured."""
+    hostname = spec.tls_server_name or (None if spec.is_unix else spec.host)
+    if spec.is_unix:
+        stream: ByteStream = await anyio.connect_unix(spec.host)
+        if spec.tls is None:
+            return stream
+        try:
+            return await TLSStream.wrap(
+                stream, hostname=hostname, ssl_context=spec.tls, standard_compatible=False
+            )
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+            raise
+    if spec.tls is None:
+        return await anyio.connect_tcp(spec.host, spec.port)
+    # Redis does not need close_notify, and skipping it keeps close from waiting on a
+    # peer that may be gone.
+    return await anyio.connect_tcp(
+        spec.host,
+        spec.port,
+        ssl_context=spec.tls,
+        tls_hostname=hostname,
+        tls_standard_compatible=False,
+    )
+
+
 class Connection:
     """A single connection to a node; use :meth:`open` to create one.
 
@@ -241,18 +270,7 @@ class Connection:
         deadline = anyio.current_time() + connect_timeout
         try:
             with anyio.fail_after(connect_timeout):
-                if spec.tls is None:
-                    stream: ByteStream = await anyio.connect_tcp(spec.host, spec.port)
-                else:
-                    # Redis does not need close_notify, and skipping it keeps close
-                    # from waiting on a peer that may be gone.
-                    stream = await anyio.connect_tcp(
-                        spec.host,
-                        spec.port,
-                        ssl_context=spec.tls,
-                        tls_hostname=spec.host,
-                        tls_standard_compatible=False,
-                    )
+                stream = await _connect(spec)
         except TimeoutError:
             raise NodeUnavailable(
                 node, f"connect timeout after {connect_timeout}s to {spec.address}"
