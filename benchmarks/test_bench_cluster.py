@@ -67,7 +67,7 @@ async def _cluster(nodes: list[NodeSpec], what: str, replicas: int = 1) -> Async
         async def replicate() -> None:
             for _ in range(10):
                 await cluster.set_many(MAPPING)
-            await cluster.flush()
+            await cluster.wait_replicated()
 
         ops: dict[str, Op] = {
             "get_many": lambda: cluster.get_many(KEYS),

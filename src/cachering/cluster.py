@@ -5,7 +5,7 @@
 ...     await cluster.get("user:42")
 b'...'
 
-Each key lives on its home copies (:meth:`Cluster.preference_list`). Writes carry a
+Each key lives on its home copies (:meth:`Cluster.home_nodes`). Writes carry a
 version and go through one apply-if-newer Lua script on every copy (the write engine is
 :class:`~cachering.data.writes.Writes`; see also :mod:`cachering.data.values` and
 :mod:`cachering.data.scripts`); reads try the copies in order and fall back on a
@@ -317,11 +317,18 @@ class Cluster:
     # ---------------------------------------------------------------- routing
 
     def node_for(self, key: Key) -> str:
-        """The node that holds ``key``'s primary copy right now."""
-        return self.router.node_for(key_bytes(key))
+        """The node that would take a write of ``key`` now: its primary, or the node
+        standing in for it while this manager routes around it (see :meth:`home_nodes`)."""
+        return self.router.write_plan(key_bytes(key))[0][0]
 
     def preference_list(self, key: Key) -> tuple[str, ...]:
-        """Every node that holds a copy of ``key`` right now, primary first."""
+        """The nodes a write of ``key`` goes to now, acting primary first: the home nodes
+        with stand-ins in place of the ones routed around (down, suspect)."""
+        return self.router.write_plan(key_bytes(key))[0]
+
+    def home_nodes(self, key: Key) -> tuple[str, ...]:
+        """``key``'s home copies on the ring, primary first, whatever their health: where
+        the key lives when every node is up (hints bring a missed home up to date)."""
         return self.router.preference_list(key_bytes(key))
 
     # ---------------------------------------------------------------- reads
@@ -498,8 +505,12 @@ class Cluster:
 
     # ---------------------------------------------------------------- status
 
-    async def flush(self) -> None:
-        """Wait until every replica write handed to the synchronizer so far was sent."""
+    async def wait_replicated(self) -> None:
+        """Wait until every replica write handed to the synchronizer so far was sent.
+
+        It deletes nothing (unlike ``FLUSHDB`` or ``flush_all`` elsewhere): it waits for
+        the background replica writes of level ``one`` and the pending near-cache
+        announcements."""
         self._check_open()
         assert self._sync is not None
         await self._sync.flush()

@@ -200,7 +200,7 @@ async def _cluster_run(n_keys: int, progress: Progress) -> dict[str, Any]:
                     ) -> None:
                         for chunk in chunks:
                             await c.set_many([(k, value) for k in chunk])
-                        await c.flush()
+                        await c.wait_replicated()
 
                     async def reads(c: Cluster = cluster, chunks: list[list[str]] = chunks) -> None:
                         for chunk in chunks:

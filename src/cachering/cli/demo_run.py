@@ -228,7 +228,7 @@ class _Demo:
         self.live.close()
         with anyio.move_on_after(10):
             for c in clusters:
-                await c.flush()
+                await c.wait_replicated()
         lost, checked = await self.workload.verify(clusters[0])
         await self.view.refresh()
         return self._summary(victim, lost, checked)
