@@ -11,6 +11,7 @@ import anyio
 import pytest
 
 from cachering.cluster import Cluster
+from cachering.errors import ConsistencyError, NodeUnavailable
 from cachering.local import FaultProxy, LocalCluster
 from cachering.node import NodeSpec
 from cluster_helpers import Inspector, config
@@ -131,3 +132,73 @@ async def test_a_node_removed_while_suspect_leaves_the_suspect_set(
             await cluster.wait_replicated()
             assert cluster.metrics()["hints_recorded"] == 0
         assert all(inspect.holders(ns, k) == {"n0", "n1"} for k in keys)
+
+
+async def test_a_write_that_raises_consistency_error_still_invalidates_near_caches(
+    local: LocalCluster, ns: str
+) -> None:
+    cfg = config(local.nodes, ns, replicas=3, near_cache_size=100, near_cache_ttl=60.0)
+    cfg = cfg.evolve(control_plane=False, node_backoff=0)
+    async with Cluster(cfg) as writer, Cluster(cfg) as reader:
+        for c in (writer, reader):
+            assert c._subscriber is not None
+            await c._subscriber.subscribed.wait()
+        await writer.set("k", b"old", consistency="all")
+        assert await writer.get("k") == b"old"
+        assert await reader.get("k") == b"old"  # both near caches hold it now
+        local.kill(2)
+        with pytest.raises(ConsistencyError):
+            await writer.set("k", b"new", consistency="all")  # n0 and n1 took it
+        assert await writer.get("k") == b"new"
+        with anyio.fail_after(5):  # the announcement travels over pub/sub
+            while await reader.get("k") != b"new":
+                await anyio.sleep(0.01)
+
+
+async def test_the_subscriber_does_not_spin_when_no_node_is_trusted(
+    local: LocalCluster, ns: str
+) -> None:
+    cfg = config(local.nodes, ns, near_cache_size=100, control_plane=False, node_backoff=0.05)
+    async with (
+        Cluster(cfg) as reader,
+        Cluster(cfg.evolve(near_cache_size=0, publish_invalidations=True)) as writer,
+    ):
+        sub = reader._subscriber
+        assert sub is not None
+        await sub.subscribed.wait()
+        await writer.set("k", b"v1")
+        for node in ("n0", "n1", "n2"):  # what the health service does when none answers
+            reader.router.mark_suspect(node)
+        before = reader.metrics()["near_cache"]["clears"]
+        await anyio.sleep(1.0)
+        # each reconnect clears the near cache: a few at most in a second, not hundreds
+        assert reader.metrics()["near_cache"]["clears"] - before <= 5
+        assert sub.node is not None  # still listening, on a node nobody vouches for
+        assert await reader.get("k") == b"v1"
+        await writer.set("k", b"v2")
+        with anyio.fail_after(5):
+            while await reader.get("k") != b"v2":
+                await anyio.sleep(0.01)
+
+
+async def test_an_error_inside_the_block_comes_out_as_itself(local: LocalCluster, ns: str) -> None:
+    cfg = config(local.nodes, ns, replicas=1)
+
+    async def lose_the_only_copy() -> None:
+        async with Cluster(cfg) as cluster:
+            key = key_on(cluster, "n1")
+            local.kill(1)
+            await cluster.get(key)  # the one copy is gone
+
+    with pytest.raises(NodeUnavailable) as info:
+        await lose_the_only_copy()
+    assert type(info.value) is NodeUnavailable
+
+    async def raise_inside() -> None:
+        async with Cluster(cfg.evolve(control_plane=False)):
+            raise KeyError("mine")
+
+    with pytest.raises(KeyError) as raised:
+        await raise_inside()
+    assert type(raised.value) is KeyError  # not a group that holds it
+    assert raised.value.args == ("mine",)

@@ -47,7 +47,7 @@ from .data.replication import Synchronizer
 from .data.routing import Router, each_node
 from .data.scripts import APPLY
 from .data.writes import TTL, Items, Key, Value, Writes, key_bytes
-from .errors import NodeUnavailable, ResponseError
+from .errors import NodeUnavailable, ResponseError, raise_sole_cause
 from .events import EventBus, Subscription
 from .messages import Keyring, MessageCodec
 from .node import NodeSpec
@@ -66,7 +66,13 @@ def _user_values(replies: list[bytes | None]) -> list[bytes | None]:
 
 
 class Cluster:
-    """A sharded, replicated cache over the nodes of ``config``; use ``async with``."""
+    """A sharded, replicated cache over the nodes of ``config``; use ``async with``.
+
+    An exception that ends the ``async with`` block comes out as itself (so ``except
+    NodeUnavailable`` around the block works), not wrapped in an ``ExceptionGroup`` by
+    the cluster's task group. A group comes out only when several things failed at once
+    (the block and a background service, say); it holds each of them.
+    """
 
     def __init__(self, config: ClusterConfig) -> None:
         if not isinstance(config, ClusterConfig):
@@ -177,8 +183,12 @@ class Cluster:
                 await self._tg.start(self.control.run)
         except BaseException as exc:
             self._tg.cancel_scope.cancel()
-            await self._tg.__aexit__(type(exc), exc, exc.__traceback__)
-            await self._close_pools()
+            try:
+                await self._tg.__aexit__(type(exc), exc, exc.__traceback__)
+            except BaseException as error:
+                raise_sole_cause(error)
+            finally:
+                await self._close_pools()
             raise
         return self
 
@@ -206,6 +216,8 @@ class Cluster:
             self._tg.cancel_scope.cancel()
         try:
             return await self._tg.__aexit__(exc_type, exc, tb)
+        except BaseException as error:  # one cause: raise it, not a group of one
+            raise_sole_cause(error)
         finally:
             await self._close_pools()
 

@@ -475,6 +475,9 @@ class Writes:
             if missed_nodes:
                 self.note_hinted(missed_nodes)
         if short:
+            # The copies that took the write hold the new value now (and a call that
+            # timed out may have landed too): near caches must drop every key first.
+            self._announce(raws)
             # Copies that did take the write still get hints for the homes that failed,
             # so a partial write converges once they are back.
             if avoid:
