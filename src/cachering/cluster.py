@@ -410,11 +410,13 @@ class Cluster:
         return math.inf if pttl < 0 else pttl / 1000
 
     async def get_many(self, keys: Iterable[Key]) -> list[bytes | None]:
-        """Values of ``keys`` (None where missing), in order; one MGET per node, in parallel."""
+        """Values of ``keys`` (None where missing), in order; one MGET per node, in parallel.
+
+        No keys: an empty list, as redis-py and Django answer."""
         self._check_open()
         raws = [k.encode() if type(k) is str else key_bytes(k) for k in keys]
         if not raws:
-            raise ValueError("get_many needs at least one key")
+            return []
         self._ops["get_many"] += 1
         found: dict[bytes, bytes | None] = {}
         todo = raws
@@ -499,6 +501,7 @@ class Cluster:
         """Store many keys (same ``ttl`` for all); one pipeline per node, in parallel.
 
         All keys of one call share one version; with repeated keys the last value wins.
+        An empty mapping writes nothing.
         """
         self._check_open()
         await self._writes.set_many(mapping, ttl, consistency)
@@ -511,7 +514,7 @@ class Cluster:
     async def delete_many(
         self, keys: Iterable[Key], *, consistency: Consistency | None = None
     ) -> int:
-        """Delete ``keys``; returns how many held a value."""
+        """Delete ``keys``; returns how many held a value (0 for no keys)."""
         self._check_open()
         return await self._writes.delete_many(keys, consistency)
 

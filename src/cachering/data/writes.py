@@ -184,9 +184,9 @@ class Writes:
             if len(data) > self.config.max_value_size:
                 check(data)
             table[raw] = head + data
+        level, ms = self.level(consistency), _ttl_ms(ttl)  # checked even with no keys
         if not table:
-            raise ValueError("set_many needs at least one key")
-        level, ms = self.level(consistency), _ttl_ms(ttl)
+            return
         self._ops["set_many"] += 1
         pxat = _wall_ms() + ms if ms else 0
         await self._write(table, pxat, level)
@@ -201,9 +201,9 @@ class Writes:
     async def delete_many(self, keys: Iterable[Key], consistency: Consistency | None) -> int:
         """What :meth:`Cluster.delete_many <cachering.cluster.Cluster.delete_many>` does."""
         raws = list(dict.fromkeys(key_bytes(k) for k in keys))
+        level = self.level(consistency)  # checked even with no keys
         if not raws:
-            raise ValueError("delete_many needs at least one key")
-        level = self.level(consistency)
+            return 0
         self._ops["delete_many"] += 1
         tomb, pxat = self._tombstone()
         return await self._write(dict.fromkeys(raws, tomb), pxat, level)
