@@ -134,14 +134,20 @@ class NodeSpec:
             raise ValueError(f"node URL must be a str, got {type(url).__name__}")
         parts = urlsplit(url)
         if parts.scheme not in ("redis", "rediss"):
+            found = f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
             raise ValueError(
-                f"node URL {url!r}: scheme must be redis:// or rediss://, got {parts.scheme!r}"
+                f"node URL {url!r}: expected redis://host:port or rediss://host:port, found {found}"
             )
         try:
             host = parts.hostname
             port = parts.port
-        except ValueError as exc:
-            raise ValueError(f"node URL {url!r}: bad port ({exc})") from None
+        except ValueError:
+            given = parts.netloc.rpartition(":")[2]
+            raise ValueError(
+                f"node URL {url!r}: port {given!r} is not a number in 1..65535"
+            ) from None
+        if port == 0:
+            raise ValueError(f"node URL {url!r}: port 0 is not a number in 1..65535")
         if not host:
             raise ValueError(f"node URL {url!r}: missing host")
         if port is None:
