@@ -55,6 +55,7 @@ __all__ = [
     "MessageKind",
     "MessageRejected",
     "RejectReason",
+    "key_id_problem",
 ]
 
 MessageKind = Literal["topology", "leader", "suspect", "invalidate", "hello", "goodbye"]
