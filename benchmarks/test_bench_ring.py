@@ -62,13 +62,14 @@ def test_group_by_node(benchmark: Any, impl: str, mode: str, nodes: int) -> None
 @pytest.mark.parametrize("impl", ["c", "py"])
 @pytest.mark.parametrize("nodes", [10, 100])
 def test_lookup_per_call(benchmark: Any, impl: str, mode: str, nodes: int) -> None:
-    lookup = _impl(impl).Ring(_names(nodes), hash=mode).lookup
+    ring = _impl(impl).Ring(_names(nodes), hash=mode)
+    lookup = ring.lookup
 
-    def run() -> None:
-        for key in SMALL_KEYS:
-            lookup(key)
+    def run() -> list[str]:
+        return [lookup(key) for key in SMALL_KEYS]
 
-    benchmark(run)
+    result = benchmark(run)
+    assert result == _ring_py.Ring(_names(nodes), hash=mode).lookup_many(SMALL_KEYS)
 
 
 @pytest.mark.parametrize("mode", ["default", "ketama"])
@@ -77,11 +78,15 @@ def test_uhashring_get_node(benchmark: Any, mode: str, nodes: int) -> None:
     kwargs = {"hash_fn": "ketama"} if mode == "ketama" else {}
     get_node = uhashring.HashRing(_names(nodes), **kwargs).get_node
 
-    def run() -> None:
-        for key in SMALL_KEYS:
-            get_node(key)
+    def run() -> list[str]:
+        return [get_node(key) for key in SMALL_KEYS]
 
-    benchmark(run)
+    result = benchmark(run)
+    if mode == "ketama":  # the placement cachering's ketama mode reproduces
+        assert result == _ring_py.Ring(_names(nodes), hash="ketama").lookup_many(SMALL_KEYS)
+    else:
+        assert len(result) == len(SMALL_KEYS)
+        assert set(result) == set(_names(nodes))
 
 
 @pytest.mark.parametrize("impl", ["c", "py", "uhashring"])

@@ -487,7 +487,7 @@ async def check_all(
     """Heal-time checks of every invariant; returns the workload counts."""
     await f.converged()
     lead = await f.wait_leader()
-    await lead.flush()
+    await lead.wait_replicated()
     await f.drained()
     checker = Checker(f.history)
     checker.one_leader_per_epoch()

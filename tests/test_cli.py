@@ -24,6 +24,7 @@ from cachering.cluster import Cluster
 from cachering.config import ClusterConfig
 from cachering.local import LocalCluster
 from cachering.local import procs as local_procs
+from conftest import EXTENSIONS_EXPECTED
 
 ENV = {**os.environ, "NO_COLOR": "1"}
 
@@ -116,6 +117,12 @@ def test_version() -> None:
         (["local"], "SUBCOMMAND"),
         (["local", "up", "--nodes", "0"], "--nodes"),
         (["bench", "--keys", "ten"], "--keys"),
+        (["local", "up", "--username", "u"], "--username 'u' needs --password"),
+        (["local", "up", "--password", ""], "password '' is empty"),
+        (["status", "not-a-url"], "'not-a-url'"),
+        (["status", "http://127.0.0.1:6379"], "scheme 'http'"),
+        (["status", "redis://h:99999"], "port '99999'"),
+        (["status", "--backend", "curio", "redis://h:1"], "--backend"),
     ],
 )
 def test_usage_errors_are_one_line_and_exit_2(args: list[str], fragment: str) -> None:
@@ -125,10 +132,11 @@ def test_usage_errors_are_one_line_and_exit_2(args: list[str], fragment: str) ->
     assert_one_line_error(proc, fragment)
 
 
-def test_bad_url_is_one_line_error() -> None:
-    proc = cli("status", "http://127.0.0.1:6379")
-    assert proc.returncode == 1
-    assert_one_line_error(proc, "scheme")
+def test_a_bad_url_says_what_it_found() -> None:
+    proc = cli("status", "not-a-url")
+    assert proc.returncode == 2
+    assert_one_line_error(proc, "node URL 'not-a-url'", "redis://host:port", "no scheme")
+    assert "got ''" not in proc.stderr
 
 
 @pytest.mark.parametrize(
@@ -161,7 +169,11 @@ def test_missing_config_file(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ status
 
 
-def test_status_json_matches_the_cluster(local: LocalCluster) -> None:
+BACKENDS = pytest.mark.parametrize("backend", ["asyncio", "trio"])
+
+
+@BACKENDS
+def test_status_json_matches_the_cluster(local: LocalCluster, backend: str) -> None:
     clients = [redis.Redis(host=n.host, port=n.port) for n in local.nodes]
     try:
         for c in clients:
@@ -171,7 +183,7 @@ def test_status_json_matches_the_cluster(local: LocalCluster) -> None:
     finally:
         for c in clients:
             c.close()
-    proc = cli("status", "--json", *local.urls)
+    proc = cli("status", "--json", "--backend", backend, *local.urls)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["ok"] is True
@@ -196,11 +208,13 @@ def test_status_text_and_config_file(local: LocalCluster, tmp_path: Path) -> Non
     assert "\x1b[" not in proc.stdout  # not a terminal: no colour
 
 
-def test_status_unreachable_node_exits_1() -> None:
+@BACKENDS
+def test_status_unreachable_node_exits_1(backend: str) -> None:
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = cli("status", "--json", "--timeout", "0.5", f"redis://127.0.0.1:{port}?id=gone")
+    url = f"redis://127.0.0.1:{port}?id=gone"
+    proc = cli("status", "--json", "--backend", backend, "--timeout", "0.5", url)
     assert proc.returncode == 1
     report = json.loads(proc.stdout)
     assert report["ok"] is False
@@ -209,9 +223,10 @@ def test_status_unreachable_node_exits_1() -> None:
     assert report["nodes"][0]["error"]
 
 
-def test_status_watch_refreshes_until_sigint(local: LocalCluster) -> None:
+@BACKENDS
+def test_status_watch_refreshes_until_sigint(local: LocalCluster, backend: str) -> None:
     # URLs after --watch: the flag takes no value, so they stay URLs
-    args = ["status", "--json", "--watch", *local.urls, "--interval", "0.2"]
+    args = ["status", "--json", "--backend", backend, "--watch", *local.urls, "--interval", "0.2"]
     with running(*args) as proc:
         assert proc.stdout is not None
         reports = [json.loads(proc.stdout.readline()) for _ in range(3)]
@@ -292,20 +307,22 @@ def test_bench_ring_only_json() -> None:
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     impls = {r["impl"] for r in result["ring"]["per_key"]}
-    assert {"python"} <= impls
+    assert impls >= ({"python", "c"} if EXTENSIONS_EXPECTED else {"python"}), impls
     ops = {r["op"] for r in result["ring"]["per_key"]}
     assert {"lookup_many", "group_by_node", "lookup"} <= ops
     assert all(r["ns_per_key"] > 0 for r in result["ring"]["per_key"])
     assert result["cluster"] is None
 
 
-def test_demo_json_summary() -> None:
-    proc = cli(
-        "demo", "--duration", "6", "--heartbeat", "0.1", "--rate", "1500", "--seed", "7", "--json"
-    )
+@BACKENDS
+def test_demo_json_summary(backend: str) -> None:
+    args = ["--duration", "6", "--heartbeat", "0.1", "--rate", "1500", "--seed", "7"]
+    proc = cli("demo", *args, "--backend", backend, "--json")
     assert "Traceback" not in proc.stderr
     summary = json.loads(proc.stdout)  # stdout is the JSON object and nothing else
-    assert proc.returncode == (0 if summary["ok"] else 1)
+    assert summary["ok"] is True, summary
+    assert proc.returncode == 0, proc.stderr
+    assert summary["failover_layer"] is True
     assert summary["invariants_checked"] is True
     assert summary["reads"] > 0
     assert summary["writes"] > 0
@@ -318,33 +335,42 @@ def test_demo_json_summary() -> None:
     kinds = " ".join(e["text"] for e in summary["events"])
     assert "killed" in kinds
     assert "restarted" in kinds
-    if summary["failover_layer"]:
-        assert summary["violations"] == [], summary["examples"]
-        assert summary["ok"] is True
-        assert summary["lost_acknowledged_writes"] == 0
-        assert summary["stale_reads"] == 0
-        assert failover["rejoin_s"] is not None
-        assert failover["marked_down_s"] is not None
-        # The cluster's own events, in the order a failover must produce them.
-        texts = [e["text"] for e in summary["events"]]
-        victim = failover["node"]
+    assert summary["violations"] == [], summary["examples"]
+    assert summary["lost_acknowledged_writes"] == 0
+    assert summary["stale_reads"] == 0
+    assert failover["rejoin_s"] is not None
+    assert failover["marked_down_s"] is not None
+    # The cluster's own events, in the order a failover must produce them.
+    texts = [e["text"] for e in summary["events"]]
+    victim = failover["node"]
 
-        def first(fragment: str) -> int:
-            return next(i for i, t in enumerate(texts) if fragment in t)
+    def first(fragment: str) -> int:
+        return next(i for i, t in enumerate(texts) if fragment in t)
 
-        assert (
-            first(f"killed {victim}")
-            < first(f"NodeDown node={victim}")
-            < first(f"restarted {victim}")
-            < first(f"NodeRecovering node={victim}")
-            < first(f"NodeUp node={victim}")
-        )
+    assert (
+        first(f"killed {victim}")
+        < first(f"NodeDown node={victim}")
+        < first(f"restarted {victim}")
+        < first(f"NodeRecovering node={victim}")
+        < first(f"NodeUp node={victim}")
+    )
+    # --json consumers get the structured events, untruncated
+    downs = [e for e in summary["events"] if e["kind"] == "NodeDown"]
+    assert downs, summary["events"]
+    assert all(e["fields"]["node"] == victim and e["manager"] for e in downs)
+    # the text shortens long values ("reason=node n2 un..."); the fields keep them whole
+    reasons = [e["fields"]["reason"] for e in summary["events"] if e["kind"] == "NodeSuspect"]
+    assert any(r.startswith(f"node {victim} unavailable: ") for r in reasons), reasons
+    assert any(
+        e["kind"] == "demo" and e["text"] == f"killed {victim} (SIGKILL)" for e in summary["events"]
+    )
 
 
 @pytest.mark.anyio
 async def test_status_shows_leader_epoch_and_control_messages_of_running_managers(
-    tmp_path: Path,
+    tmp_path: Path, anyio_backend: str
 ) -> None:
+    # the CLI runs on the backend the test runs on
     secret = "0123456789abcdef0123"
     async with LocalCluster(3) as nodes:
         config = ClusterConfig(
@@ -365,6 +391,7 @@ async def test_status_shows_leader_epoch_and_control_messages_of_running_manager
             leaders = {m.leader for m in managers}
             epoch = managers[0].epoch
             cmd = [sys.executable, "-m", "cachering", "status", "--config", str(path)]
+            cmd += ["--backend", anyio_backend]
             proc = await anyio.run_process([*cmd, "--json", "--listen", "1.0"], check=False)
             # Under load a lease can lapse and the leadership move while status runs: the
             # leader it reports must be one the managers named before or after it ran.

@@ -54,7 +54,7 @@ async def test_concurrent_writers_converge(
                 for w in range(writers):
                     tg.start_soon(writer, w)
             for cluster in clusters:
-                await cluster.flush()
+                await cluster.wait_replicated()
         finally:
             if writers == 3:
                 await clusters[2].__aexit__(None, None, None)

@@ -82,7 +82,7 @@ async def test_invalidation_across_instances(
     async with Cluster(cfg) as reader, Cluster(cfg) as writer:
         await subscribed(reader, inspect)
         await writer.set_many({"x": b"1", "y": b"1"})
-        await writer.flush()
+        await writer.wait_replicated()
         # let the announcement of that first write arrive before reading
         await eventually(lambda: reader.metrics()["near_cache"]["messages_received"] >= 1)
         assert await reader.get("x") == b"1"

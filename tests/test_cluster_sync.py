@@ -27,13 +27,13 @@ def ns(local: LocalCluster) -> Iterator[str]:
 
 
 async def test_replica_writes_travel_in_batches(local: LocalCluster, ns: str) -> None:
-    # a long interval: batches go out when full, the rest when flush() asks
+    # a long interval: batches go out when full, the rest when wait_replicated() asks
     cfg = config(local.nodes, ns, sync_flush_interval=30.0, sync_batch_size=256)
     async with Cluster(cfg) as cluster:
         await cluster.set_many({f"k{i}": b"v" for i in range(3000)})
         for i in range(200):
             await cluster.set(f"one{i}", b"v")
-        await cluster.flush()
+        await cluster.wait_replicated()
         sync = cluster.metrics()["sync"]
         assert sync["submitted"] == 3200
         assert sync["replica_writes_applied"] == 3200
@@ -70,7 +70,7 @@ async def test_backpressure_bounds_the_queue(
             depths.append(sync.depth)
             local.resume(1)
             await done.wait()
-        await cluster.flush()
+        await cluster.wait_replicated()
         stats = cluster.metrics()["sync"]
         # submit takes chunks (4 keys) only while fewer than 8 are pending or in flight
         assert max(depths) == 8
@@ -112,7 +112,7 @@ async def test_set_many_replica_writes_ride_in_the_primary_calls(
     local: LocalCluster, inspect: Inspector, ns: str
 ) -> None:
     # A long interval: only writes that rode in set_many's own calls are stored before
-    # flush(). Every node is primary for some of 600 keys, so every replica write rides.
+    # wait_replicated(). Every node is primary for some of 600 keys, so every replica write rides.
     async with Cluster(config(local.nodes, ns, sync_flush_interval=30.0)) as cluster:
         keys = [f"i{i}" for i in range(600)]
         await cluster.set_many(dict.fromkeys(keys, b"v"), ttl=60)
@@ -129,7 +129,7 @@ async def test_set_many_replica_writes_ride_in_the_primary_calls(
         sync = cluster.metrics()["sync"]
         assert sync["inline"] == 600
         assert sync["queue_depth"] == 1
-        await cluster.flush()
+        await cluster.wait_replicated()
         assert inspect.holders(ns, "alone") == set(cluster.preference_list("alone"))
         assert cluster.metrics()["sync"]["replica_writes_applied"] == 601
 
@@ -146,7 +146,7 @@ async def test_set_many_without_inline_replica_writes(
         assert sync["queue_depth"] == 300
         # only the primary copies are written until the synchronizer flushes
         assert all(inspect.holders(ns, k) == {cluster.node_for(k)} for k in keys)
-        await cluster.flush()
+        await cluster.wait_replicated()
         assert all(inspect.holders(ns, k) == set(cluster.preference_list(k)) for k in keys)
         assert cluster.metrics()["sync"]["replica_writes_applied"] == 300
 
@@ -162,7 +162,7 @@ async def test_riders_of_a_failed_call_are_hinted(
         assert riders
         local.pause(1)
         await cluster.set_many(dict.fromkeys(keys, b"v"))
-        await cluster.flush()
+        await cluster.wait_replicated()
         # n1's call timed out: its replica writes were retried by the synchronizer,
         # counted as dropped and left as hints on each key's primary
         sync = cluster.metrics()["sync"]

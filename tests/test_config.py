@@ -9,6 +9,7 @@ import pytest
 from cachering import NodeSpec
 from cachering.config import ClusterConfig
 from cachering.errors import ConfigError
+from cachering.ring import _ring_py
 
 NODES = (NodeSpec("a", "127.0.0.1", 7000), NodeSpec("b", "127.0.0.1", 7001))
 
@@ -85,6 +86,19 @@ def test_replicas_capped_at_node_count() -> None:
         ({"topology_refresh_interval": 0}, "topology_refresh_interval"),
         ({"max_message_size": 10}, "max_message_size"),
         ({"down_quorum": 0}, "down_quorum"),
+        ({"hash": "ketama", "vnodes": 10}, "vnodes"),
+        ({"hash": "ketama", "seed": 7}, "seed"),
+        ({"vnodes": 100_000, "nodes": [NodeSpec(f"n{i}", "h", 1) for i in range(700)]}, "vnodes"),
+        (
+            {
+                "hash": "ketama",
+                "vnodes": 100_000,
+                "nodes": [NodeSpec(f"n{i}", "h", 1) for i in range(700)],
+            },
+            "vnodes",
+        ),
+        ({"vnodes": 160, "nodes": [NodeSpec("a", "h", 1, weight=1e6)]}, "vnodes"),
+        ({"secret": {"k.1": b"x" * 16}}, "secret"),
     ],
 )
 def test_invalid_values_name_the_field(changes: dict[str, object], field: str) -> None:
@@ -176,3 +190,66 @@ def test_from_file_errors_name_file_and_key(tmp_path: Path, text: str, message: 
 def test_from_file_missing(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         ClusterConfig.from_file(tmp_path / "nope.toml")
+
+
+def ring_refuses(nodes: list[NodeSpec], hash_mode: str, vnodes: int) -> bool:
+    """Whether the config refuses these ring options, naming the vnodes field."""
+    try:
+        ClusterConfig(nodes=nodes, hash=hash_mode, vnodes=vnodes)
+    except ValueError as exc:
+        if "ClusterConfig.vnodes" not in str(exc):
+            raise
+        return True
+    return False
+
+
+def test_the_config_refuses_exactly_the_rings_the_ring_refuses(ring_impl: object) -> None:
+    from cachering.config import MAX_RING_POINTS
+
+    assert MAX_RING_POINTS == _ring_py.MAX_POINTS  # the compiled twin uses its checks
+    big = 2**26 // 160  # weight of one node at the limit with vnodes=160
+    cases = [  # (hash, vnodes, weights, refused)
+        ("murmur3", 160, [big, 1], True),  # one point over
+        ("murmur3", 160, [big - 1, 1], False),
+        ("ketama", 160, [1] * 2000, False),
+        ("ketama", 100_000, [1] * 671, False),
+        ("ketama", 100_000, [1] * 672, True),
+        ("murmur3", 100_000, [1] * 672, True),
+    ]
+    for hash_mode, vnodes, weights, refused in cases:
+        nodes = [NodeSpec(f"n{i}", "h", 1, weight=w) for i, w in enumerate(weights)]
+        assert ring_refuses(nodes, hash_mode, vnodes) is refused, (hash_mode, vnodes)
+        if refused:
+            with pytest.raises(ValueError, match="points"):
+                ring_impl.Ring(  # type: ignore[attr-defined]
+                    {n.id: n.weight for n in nodes}, vnodes=vnodes, hash=hash_mode
+                )
+            continue
+        if vnodes * sum(weights) < 1_000_000:  # small enough to build here
+            ring = ring_impl.Ring(  # type: ignore[attr-defined]
+                {n.id: n.weight for n in nodes}, vnodes=vnodes, hash=hash_mode
+            )
+            assert len(ring.nodes) == len(nodes)
+
+
+def test_secret_key_ids_follow_the_keyring_rule() -> None:
+    from cachering.messages import Keyring
+
+    for key_id in ("k.1", "", "x" * 65, "a b"):
+        with pytest.raises(ValueError, match=r"ClusterConfig\.secret") as by_config:
+            ClusterConfig(nodes=NODES, secret={key_id: b"x" * 16})
+        with pytest.raises(ValueError, match="Keyring key id") as by_keyring:
+            Keyring({key_id: b"x" * 16})
+        assert (
+            str(by_config.value).split("key id ", 1)[1]
+            == str(by_keyring.value).split("key id ", 1)[1]
+        )
+    cfg = ClusterConfig(nodes=NODES, secret={"k:1-a_B": b"x" * 16})
+    assert Keyring(dict(cfg.secret or ())).active == "k:1-a_B"
+
+
+def test_ring_problems_from_a_file_name_the_file_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('nodes = ["redis://127.0.0.1:7000?id=a"]\nhash = "ketama"\nvnodes = 10\n')
+    with pytest.raises(ConfigError, match=r"c\.toml: key 'vnodes': must be a multiple of 4"):
+        ClusterConfig.from_file(path)

@@ -504,8 +504,18 @@ def test_ketama_collisions_match_uhashring(ring_impl: ModuleType) -> None:
     keys = [f"k{i}" for i in range(3000)]
     assert ring.lookup_many(keys) == [theirs.get_node(k) for k in keys]
     assert theirs.runtime._ring[clash] == second
-    # The arc ending at the clash belongs to the name sorting last (uhashring's last writer).
-    assert index >= 0
+    # The arc ending at the clash belongs to the name sorting last (uhashring's last writer):
+    # a key hashing into [previous point, clash) goes to ``second`` in both rings.
+    low = theirs.runtime._keys[index - 1]
+    on_arc = [
+        k
+        for k in (f"arc{i}" for i in range(200_000))
+        if (low <= clash and low <= _ketama_key_hash(k) < clash)
+        or (low > clash and (_ketama_key_hash(k) >= low or _ketama_key_hash(k) < clash))
+    ][:5]
+    assert on_arc, "no probe key landed on the clash arc"
+    assert [ring.lookup(k) for k in on_arc] == [second] * len(on_arc)
+    assert [theirs.get_node(k) for k in on_arc] == [second] * len(on_arc)
     assert ring.ownership()[second] > 0
 
 
@@ -564,3 +574,8 @@ def test_str_keys_that_are_not_utf8_encodable_raise(ring_impl: ModuleType, mode:
         ring.lookup_many(["k"] * 9 + [bad])
     with pytest.raises(UnicodeEncodeError):
         ring.group_by_node([bad] * 10)
+
+
+def _ketama_key_hash(key: str) -> int:
+    """A key's ketama hash: the little-endian uint32 of md5(key)[0:4]."""
+    return int(struct.unpack_from("<I", hashlib.md5(key.encode()).digest())[0])

@@ -5,7 +5,7 @@
 ...     await cluster.get("user:42")
 b'...'
 
-Each key lives on its home copies (:meth:`Cluster.preference_list`). Writes carry a
+Each key lives on its home copies (:meth:`Cluster.home_nodes`). Writes carry a
 version and go through one apply-if-newer Lua script on every copy (the write engine is
 :class:`~cachering.data.writes.Writes`; see also :mod:`cachering.data.values` and
 :mod:`cachering.data.scripts`); reads try the copies in order and fall back on a
@@ -47,7 +47,7 @@ from .data.replication import Synchronizer
 from .data.routing import Router, each_node
 from .data.scripts import APPLY
 from .data.writes import TTL, Items, Key, Value, Writes, key_bytes
-from .errors import NodeUnavailable, ResponseError
+from .errors import NodeUnavailable, ResponseError, raise_sole_cause
 from .events import EventBus, Subscription
 from .messages import Keyring, MessageCodec
 from .node import NodeSpec
@@ -67,7 +67,13 @@ def _user_values(replies: list[bytes | None]) -> list[bytes | None]:
 
 
 class Cluster:
-    """A sharded, replicated cache over the nodes of ``config``; use ``async with``."""
+    """A sharded, replicated cache over the nodes of ``config``; use ``async with``.
+
+    An exception that ends the ``async with`` block comes out as itself (so ``except
+    NodeUnavailable`` around the block works), not wrapped in an ``ExceptionGroup`` by
+    the cluster's task group. A group comes out only when several things failed at once
+    (the block and a background service, say); it holds each of them.
+    """
 
     def __init__(self, config: ClusterConfig) -> None:
         if not isinstance(config, ClusterConfig):
@@ -187,8 +193,12 @@ class Cluster:
                 await self._tg.start(self.control.run)
         except BaseException as exc:
             self._tg.cancel_scope.cancel()
-            await self._tg.__aexit__(type(exc), exc, exc.__traceback__)
-            await self._close_pools()
+            try:
+                await self._tg.__aexit__(type(exc), exc, exc.__traceback__)
+            except BaseException as error:
+                raise_sole_cause(error)
+            finally:
+                await self._close_pools()
             raise
         return self
 
@@ -216,6 +226,8 @@ class Cluster:
             self._tg.cancel_scope.cancel()
         try:
             return await self._tg.__aexit__(exc_type, exc, tb)
+        except BaseException as error:  # one cause: raise it, not a group of one
+            raise_sole_cause(error)
         finally:
             await self._close_pools()
 
@@ -325,11 +337,18 @@ class Cluster:
     # ---------------------------------------------------------------- routing
 
     def node_for(self, key: Key) -> str:
-        """The node that holds ``key``'s primary copy right now."""
-        return self.router.node_for(key_bytes(key))
+        """The node that would take a write of ``key`` now: its primary, or the node
+        standing in for it while this manager routes around it (see :meth:`home_nodes`)."""
+        return self.router.write_plan(key_bytes(key))[0][0]
 
     def preference_list(self, key: Key) -> tuple[str, ...]:
-        """Every node that holds a copy of ``key`` right now, primary first."""
+        """The nodes a write of ``key`` goes to now, acting primary first: the home nodes
+        with stand-ins in place of the ones routed around (down, suspect)."""
+        return self.router.write_plan(key_bytes(key))[0]
+
+    def home_nodes(self, key: Key) -> tuple[str, ...]:
+        """``key``'s home copies on the ring, primary first, whatever their health: where
+        the key lives when every node is up (hints bring a missed home up to date)."""
         return self.router.preference_list(key_bytes(key))
 
     # ---------------------------------------------------------------- reads
@@ -403,11 +422,13 @@ class Cluster:
 
     @traced("get_many", "batch")
     async def get_many(self, keys: Iterable[Key]) -> list[bytes | None]:
-        """Values of ``keys`` (None where missing), in order; one MGET per node, in parallel."""
+        """Values of ``keys`` (None where missing), in order; one MGET per node, in parallel.
+
+        No keys: an empty list, as redis-py and Django answer."""
         self._check_open()
         raws = [k.encode() if type(k) is str else key_bytes(k) for k in keys]
         if not raws:
-            raise ValueError("get_many needs at least one key")
+            return []
         self._ops["get_many"] += 1
         found: dict[bytes, bytes | None] = {}
         todo = raws
@@ -494,6 +515,7 @@ class Cluster:
         """Store many keys (same ``ttl`` for all); one pipeline per node, in parallel.
 
         All keys of one call share one version; with repeated keys the last value wins.
+        An empty mapping writes nothing.
         """
         self._check_open()
         await self._writes.set_many(mapping, ttl, consistency)
@@ -508,15 +530,19 @@ class Cluster:
     async def delete_many(
         self, keys: Iterable[Key], *, consistency: Consistency | None = None
     ) -> int:
-        """Delete ``keys``; returns how many held a value."""
+        """Delete ``keys``; returns how many held a value (0 for no keys)."""
         self._check_open()
         return await self._writes.delete_many(keys, consistency)
 
     # ---------------------------------------------------------------- status
 
-    @traced("flush")
-    async def flush(self) -> None:
-        """Wait until every replica write handed to the synchronizer so far was sent."""
+    @traced("wait_replicated")
+    async def wait_replicated(self) -> None:
+        """Wait until every replica write handed to the synchronizer so far was sent.
+
+        It deletes nothing (unlike ``FLUSHDB`` or ``flush_all`` elsewhere): it waits for
+        the background replica writes of level ``one`` and the pending near-cache
+        announcements."""
         self._check_open()
         assert self._sync is not None
         await self._sync.flush()

@@ -20,11 +20,13 @@ import re
 import ssl
 import sys
 from collections.abc import Iterable, Mapping
+from fractions import Fraction
 from typing import Any, Literal
 
 import attrs
 
 from .errors import ConfigError
+from .messages import key_id_problem
 from .node import NodeSpec, tls_context
 
 __all__ = ["MAX_VALUE_SIZE_LIMIT", "ClusterConfig", "Consistency"]
@@ -34,6 +36,9 @@ Consistency = Literal["one", "quorum", "all"]
 
 #: Redis refuses bulk strings over 512 MiB; the stored header takes a few bytes of that.
 MAX_VALUE_SIZE_LIMIT = 512 * 1024 * 1024 - 64
+
+#: Most points a ring may have (the same limit as ``cachering.ring.MAX_POINTS``).
+MAX_RING_POINTS = 1 << 26
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+(?::[A-Za-z0-9_.\-]+)*$")
 _ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
@@ -140,8 +145,9 @@ def _check_secret(_inst: object, _attr: attrs.Attribute[Any], value: object) -> 
         if not isinstance(item, tuple) or len(item) != 2:
             raise _fail("secret", f"entries must be (key_id, bytes) pairs, got {item!r}")
         key_id, key = item
-        if not isinstance(key_id, str) or not _ID_RE.match(key_id):
-            raise _fail("secret", f"key id must be 1-64 chars [A-Za-z0-9_.:-], got {key_id!r}")
+        problem = key_id_problem(key_id)
+        if problem is not None:
+            raise _fail("secret", f"key id {problem}")
         if key_id in seen:
             raise _fail("secret", f"key id {key_id!r} appears twice")
         seen.add(key_id)
@@ -152,6 +158,11 @@ def _check_secret(_inst: object, _attr: attrs.Attribute[Any], value: object) -> 
 def _check_manager_id(_inst: object, _attr: attrs.Attribute[Any], value: object) -> None:
     if value is not None and (not isinstance(value, str) or not _ID_RE.match(value)):
         raise _fail("manager_id", f"must be None or 1-64 chars [A-Za-z0-9_.:-], got {value!r}")
+
+
+def _check_node_defaults(_inst: object, _attr: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not isinstance(value, NodeSpec):
+        raise _fail("node_defaults", f"must be a NodeSpec or None, got {type(value).__name__}")
 
 
 def _check_flag(_inst: object, attr: attrs.Attribute[bool], value: object) -> None:
@@ -215,6 +226,9 @@ class ClusterConfig:
         cluster; on by default, off only for a client that must not take part),
         ``anti_entropy_interval`` (seconds between the leader's anti-entropy sweeps, which
         push the newest copy of every key to its home copies that are behind; 0 = off).
+        ``node_defaults``: a ``NodeSpec`` whose ``username``, ``password``, ``db`` and
+        ``tls`` are used for nodes the topology names that ``nodes`` does not list
+        (added by another manager); see :meth:`learned_node`.
     """
 
     nodes: tuple[NodeSpec, ...] = attrs.field(converter=_to_nodes, validator=_check_nodes)
@@ -277,8 +291,12 @@ class ClusterConfig:
     anti_entropy_interval: float = attrs.field(
         default=300.0, kw_only=True, validator=_seconds(0, inclusive=True)
     )
+    node_defaults: NodeSpec | None = attrs.field(
+        default=None, kw_only=True, validator=_check_node_defaults
+    )
 
     def __attrs_post_init__(self) -> None:
+        self._check_ring()
         if self.sync_queue_size < self.sync_batch_size:
             raise _fail(
                 "sync_queue_size",
@@ -290,6 +308,46 @@ class ClusterConfig:
                 f"({self.election_timeout}) must exceed heartbeat_interval "
                 f"({self.heartbeat_interval})",
             )
+
+    def _check_ring(self) -> None:
+        """The ring options the ring itself would refuse, named here by field."""
+        if self.hash == "ketama":
+            if self.vnodes % 4:
+                raise _fail(
+                    "vnodes", f"must be a multiple of 4 with hash='ketama', got {self.vnodes}"
+                )
+            if self.seed:
+                raise _fail("seed", f"must be 0 with hash='ketama' (no seed), got {self.seed}")
+        weights = [node.weight for node in self.nodes]
+        if self.hash == "murmur3":
+            points = sum(max(1, round(self.vnodes * w)) for w in weights)
+        else:  # the ring's count: floor of each node's share of vnodes/4 x nodes digests
+            exact = [Fraction(w) for w in weights]
+            scale = Fraction(self.vnodes // 4 * len(exact)) / sum(exact)
+            points = 4 * sum(math.floor(scale * w) for w in exact)
+        if points > MAX_RING_POINTS:
+            raise _fail(
+                "vnodes",
+                f"({self.vnodes}) with these {len(weights)} nodes and weights needs {points} "
+                f"ring points, more than the ring's limit of {MAX_RING_POINTS}",
+            )
+
+    def learned_node(self, node_id: str, host: str, port: int, weight: float = 1) -> NodeSpec:
+        """The connection spec of a node learned from the topology that ``nodes`` lacks.
+
+        Credentials, db and TLS come from ``node_defaults`` when set; else from the
+        configured nodes when they all have the same username, password, db and TLS on
+        or off (the TLS context of the first); else the node gets none of them, so one
+        node's credentials are never sent to another. A configured node with the same
+        id is used as configured and does not come here.
+        """
+        base = self.node_defaults
+        if base is None:
+            shared = {(n.username, n.password, n.db, n.tls is not None) for n in self.nodes}
+            base = self.nodes[0] if len(shared) == 1 else None
+        if base is None:
+            return NodeSpec(node_id, host, port, weight=weight)
+        return attrs.evolve(base, id=node_id, host=host, port=port, weight=weight)
 
     @property
     def copies(self) -> int:
@@ -382,6 +440,11 @@ class ClusterConfig:
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"{source}: key 'nodes[{i}]': {exc}") from None
         options = {k: v for k, v in table.items() if k != "nodes"}
+        if "node_defaults" in options:
+            try:
+                options["node_defaults"] = _defaults_from_toml(options["node_defaults"])
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{source}: key 'node_defaults': {exc}") from None
         try:
             return cls(nodes=tuple(nodes), **options)
         except (TypeError, ValueError) as exc:
@@ -439,3 +502,13 @@ def _tls_from_toml(tls: object) -> tuple[ssl.SSLContext | None, str | None]:
     if server_name is not None and not isinstance(server_name, str):
         raise ValueError("tls field 'server_name' must be a str")
     return tls_context(**options, where="node field 'tls'"), server_name
+
+
+def _defaults_from_toml(raw: object) -> NodeSpec:
+    """A ``[cachering.node_defaults]`` table: username, password, db, tls."""
+    if not isinstance(raw, dict):
+        raise TypeError(f"must be a table, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - {"username", "password", "db", "tls"})
+    if unknown:
+        raise ValueError(f"unknown field {unknown[0]!r} (username, password, db, tls)")
+    return _node_from_toml({**raw, "id": "node_defaults", "host": "-", "port": 1})

@@ -7,6 +7,14 @@ the builtin a Python user would expect (``LookupError``, ``ValueError``, ...).
 
 from __future__ import annotations
 
+import sys
+from typing import NoReturn
+
+if sys.version_info >= (3, 11):
+    _Group = BaseExceptionGroup  # noqa: F821 - a builtin from 3.11 on
+else:  # pragma: no cover - exercised on 3.10 only
+    from exceptiongroup import BaseExceptionGroup as _Group
+
 __all__ = [
     "CacheringError",
     "ConfigError",
@@ -18,7 +26,25 @@ __all__ = [
     "ResponseError",
     "ServerNotFound",
     "ServerStartError",
+    "raise_sole_cause",
+    "sole_cause",
 ]
+
+
+def sole_cause(exc: BaseException) -> BaseException:
+    """The one exception inside (nested) single-exception groups; ``exc`` itself otherwise."""
+    while isinstance(exc, _Group) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def raise_sole_cause(exc: BaseException) -> NoReturn:
+    """Raise ``exc``, or the single exception it wraps when it is a group of one, so that
+    ``except NodeUnavailable`` catches what a task group wrapped."""
+    cause = sole_cause(exc)
+    if cause is exc:
+        raise exc
+    raise cause from cause.__cause__
 
 
 class CacheringError(Exception):

@@ -59,6 +59,7 @@ __all__ = [
     "MessageRejected",
     "RejectReason",
     "epoch_in_range",
+    "key_id_problem",
 ]
 
 MessageKind = Literal["topology", "leader", "suspect", "invalidate", "goodbye"]
@@ -104,6 +105,17 @@ _HEX_RE: Final = re.compile(rb"[0-9a-f]{64}\Z")
 _FIELDS: Final = frozenset({"body", "epoch", "kind", "ns", "sender", "sent_at", "seq"})
 _EPOCH_KINDS: Final = frozenset({"topology", "leader"})
 _MIN_KEY_LEN: Final = 16
+
+
+def key_id_problem(key_id: object) -> str | None:
+    """What is wrong with ``key_id`` as a secret key id, or None if it is fine.
+
+    The one rule for key ids (``ClusterConfig.secret`` and :class:`Keyring` both use it):
+    1-64 characters from ``[A-Za-z0-9_:-]``; no ``.``, which separates the wire fields.
+    """
+    if isinstance(key_id, str) and _KEY_ID_RE.match(key_id):
+        return None
+    return f"must be a non-empty str of up to 64 characters from [A-Za-z0-9_:-], got {key_id!r}"
 
 
 class MessageRejected(CacheringError):
@@ -256,11 +268,9 @@ class Keyring:
             raise ValueError("Keyring needs at least one key")
         checked: dict[str, bytes] = {}
         for key_id, key in keys.items():
-            if not isinstance(key_id, str) or not _KEY_ID_RE.match(key_id):
-                raise ValueError(
-                    f"Keyring key id {key_id!r} must be a non-empty str of up to 64 "
-                    "characters from [A-Za-z0-9_:-]"
-                )
+            problem = key_id_problem(key_id)
+            if problem is not None:
+                raise ValueError(f"Keyring key id {problem}")
             if not isinstance(key, (bytes, bytearray)):
                 raise ValueError(f"Keyring key {key_id!r} must be bytes, got {type(key).__name__}")
             if len(key) < _MIN_KEY_LEN:

@@ -174,9 +174,10 @@ class NodeSpec:
             raise ValueError(f"node URL must be a str, got {type(url).__name__}")
         parts = urlsplit(url)
         if parts.scheme not in ("redis", "rediss", "unix"):
+            found = f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
             raise ValueError(
-                f"node URL {url!r}: scheme must be redis://, rediss:// or unix://, "
-                f"got {parts.scheme!r}"
+                f"node URL {url!r}: expected redis://host:port, rediss://host:port or "
+                f"unix:///path, found {found}"
             )
         query = _parse_query(url, parts.query, unix=parts.scheme == "unix")
         host, port, db = (
@@ -245,8 +246,11 @@ def _tcp_address(url: str, parts: SplitResult) -> tuple[str, int, int]:
     try:
         host = parts.hostname
         port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"node URL {url!r}: bad port ({exc})") from None
+    except ValueError:
+        given = parts.netloc.rpartition(":")[2]
+        raise ValueError(f"node URL {url!r}: port {given!r} is not a number in 1..65535") from None
+    if port == 0:
+        raise ValueError(f"node URL {url!r}: port 0 is not a number in 1..65535")
     if not host:
         raise ValueError(f"node URL {url!r}: missing host")
     db = 0

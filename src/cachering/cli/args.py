@@ -1,4 +1,4 @@
-"""argparse value types shared by the commands: numbers checked against a range."""
+"""argparse options shared by the commands: numbers checked against a range, --backend."""
 
 from __future__ import annotations
 
@@ -6,7 +6,17 @@ import argparse
 import math
 from collections.abc import Callable
 
-__all__ = ["float_in", "int_in"]
+__all__ = ["BACKENDS", "add_backend", "float_in", "int_in"]
+
+BACKENDS = ("asyncio", "trio")
+"""The async backends the commands can run on."""
+
+
+def add_backend(parser: argparse.ArgumentParser) -> None:
+    """The ``--backend`` option (asyncio or trio) of every command that runs async code."""
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default="asyncio", help="async backend (default asyncio)"
+    )
 
 
 def int_in(low: int, high: int | None = None) -> Callable[[str], int]:

@@ -25,7 +25,7 @@ import anyio
 
 from ..config import ClusterConfig
 from ..ring import _ring_py
-from .args import int_in
+from .args import add_backend, int_in
 from .output import Style, UsageError, print_json, table
 
 __all__ = ["best_time", "cluster_bench", "configure", "ring_bench", "run"]
@@ -56,6 +56,7 @@ def configure(commands: Any) -> None:
         help="ring size for the build-time figure (default 1000)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_backend(p)
     p.set_defaults(run=run)
 
 
@@ -200,7 +201,7 @@ async def _cluster_run(n_keys: int, progress: Progress) -> dict[str, Any]:
                     ) -> None:
                         for chunk in chunks:
                             await c.set_many([(k, value) for k in chunk])
-                        await c.flush()
+                        await c.wait_replicated()
 
                     async def reads(c: Cluster = cluster, chunks: list[list[str]] = chunks) -> None:
                         for chunk in chunks:
@@ -233,9 +234,9 @@ async def _cluster_run(n_keys: int, progress: Progress) -> dict[str, Any]:
         }
 
 
-def cluster_bench(n_keys: int, progress: Progress) -> dict[str, Any]:
+def cluster_bench(n_keys: int, progress: Progress, backend: str = "asyncio") -> dict[str, Any]:
     """get_many/set_many keys per second through a Cluster on a local 3-node cluster."""
-    return anyio.run(_cluster_run, n_keys, progress)
+    return anyio.run(_cluster_run, n_keys, progress, backend=backend)
 
 
 class _Bar:
@@ -276,7 +277,9 @@ def run(args: argparse.Namespace) -> int:
     bar = _Bar(style, 11 + (0 if args.ring_only else 9))
     try:
         ring = ring_bench(args.keys, args.nodes, bar, args.build_nodes)
-        cluster = None if args.ring_only else cluster_bench(min(args.keys, 20_000), bar)
+        cluster = (
+            None if args.ring_only else cluster_bench(min(args.keys, 20_000), bar, args.backend)
+        )
     finally:
         bar.close()
     result = {"ring": ring, "cluster": cluster, "python": sys.version.split()[0]}

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .args import float_in, int_in
+from .args import add_backend, float_in, int_in
 from .local_up import SERVER_HELP
 from .output import Style, UsageError, fmt_percent, print_json
 
@@ -51,9 +51,7 @@ def configure(commands: Any) -> None:
         "--rate", type=float_in(0, 1e7), default=0, help="cap on ops/s in total (default: none)"
     )
     p.add_argument("--seed", type=int, default=None, help="seed for the victim and the workload")
-    p.add_argument(
-        "--backend", choices=("asyncio", "trio"), default="asyncio", help="async backend"
-    )
+    add_backend(p)
     p.add_argument("--json", action="store_true", help="print only a JSON summary at the end")
     p.set_defaults(run=run)
 

@@ -40,6 +40,29 @@ def _short(value: object) -> str:
     return text if len(text) <= 24 else text[:10] + "..."
 
 
+def _plain(value: Any) -> Any:
+    """``value`` as JSON types, nothing shortened (tuples and sets become lists)."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = [_plain(v) for v in value]
+        return sorted(items, key=repr) if isinstance(value, (set, frozenset)) else items
+    return str(value)
+
+
+def _event_json(at: float, text: str, detail: dict[str, Any] | None) -> dict[str, Any]:
+    """One event of ``demo --json``: the cluster event's kind, manager and every field
+    untruncated, or ``kind: "demo"`` for the demo's own steps; ``text`` as printed."""
+    out: dict[str, Any] = {"at": round(at, 3), "text": text}
+    if detail is None:
+        out.update(kind="demo", manager=None, fields={})
+    else:
+        out.update(detail)
+    return out
+
+
 class _View:
     """What the managers believe right now, read from each :class:`Cluster`."""
 
@@ -143,7 +166,8 @@ class _Demo:
         self.live = Live(style)
         self.seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
         self.rnd = random.Random(self.seed)
-        self.events: list[tuple[float, str]] = []
+        # (time, text for people, structured event for --json: None for the demo's own)
+        self.events: list[tuple[float, str, dict[str, Any] | None]] = []
         self.t0 = time.monotonic()
         self.phase = "starting"
         self.timing: dict[str, Any] = {}
@@ -157,9 +181,9 @@ class _Demo:
     def now(self) -> float:
         return time.monotonic() - self.t0
 
-    def event(self, text: str) -> None:
+    def event(self, text: str, detail: dict[str, Any] | None = None) -> None:
         t = self.now()
-        self.events.append((t, text))
+        self.events.append((t, text, detail))
         if not self.quiet and not self.style.live:
             stamp = "  setup " if self.phase == "starting" else f"{t:6.2f}s"
             self.style.write(f"[{stamp}] {text}")
@@ -213,7 +237,7 @@ class _Demo:
         self.phase = "running"
         start = time.monotonic()
         # Times count from the workload's start; setup events get negative times.
-        self.events = [(at - (start - self.t0), text) for at, text in self.events]
+        self.events = [(at - (start - self.t0), text, d) for at, text, d in self.events]
         self.t0 = start
         self.event("workload running (30% writes at quorum, 70% reads)")
         async with anyio.create_task_group() as tg:
@@ -228,7 +252,7 @@ class _Demo:
         self.live.close()
         with anyio.move_on_after(10):
             for c in clusters:
-                await c.flush()
+                await c.wait_replicated()
         lost, checked = await self.workload.verify(clusters[0])
         await self.view.refresh()
         return self._summary(victim, lost, checked)
@@ -316,7 +340,8 @@ class _Demo:
                 body = " ".join(
                     f"{k}={_short(v)}" for k, v in fields.items() if v not in ("", None)
                 )
-                self.event(f"{cluster.id}: {kind} {body}")
+                detail = {"manager": cluster.id, "kind": kind, "fields": _plain(fields)}
+                self.event(f"{cluster.id}: {kind} {body}", detail)
 
     async def _count_keys(self) -> None:
         for node, pool in self.pools.items():
@@ -413,7 +438,7 @@ class _Demo:
         lines += table(["NODE", "STATE", "PROCESS", "KEYS", "OWNS"], rows, right=(3, 4))
         lines.append("")
         lines.append(s.paint("events", "bold"))
-        for at, text in self.events[-8:]:
+        for at, text, _ in self.events[-8:]:
             lines.append(f"  {at:6.2f}s  {text}")
         return lines
 
@@ -466,7 +491,7 @@ class _Demo:
             "leader": leader,
             "epoch": epoch,
             "topology": stamp,
-            "events": [{"at": round(at, 3), "text": text} for at, text in self.events],
+            "events": [_event_json(at, text, detail) for at, text, detail in self.events],
         }
 
 

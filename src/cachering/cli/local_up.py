@@ -6,11 +6,12 @@ import argparse
 import shlex
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from ..local import LocalCluster
 from .args import int_in
-from .output import Style, print_json
+from .output import Style, UsageError, print_json
 
 __all__ = ["SERVER_HELP", "configure", "run"]
 
@@ -40,8 +41,16 @@ def configure(commands: Any) -> None:
     )
     up.add_argument("--nodes", type=int_in(1), default=3, help="servers to start (default 3)")
     up.add_argument("--server", default=None, help=SERVER_HELP)
-    up.add_argument("--password", help="require this password (requirepass / ACL user)")
-    up.add_argument("--username", help="an ACL user (needs --password); 'default' is disabled")
+    up.add_argument(
+        "--password",
+        type=_credential("password"),
+        help="require this password (requirepass / ACL user)",
+    )
+    up.add_argument(
+        "--username",
+        type=_credential("username"),
+        help="an ACL user (needs --password); 'default' is disabled",
+    )
     up.add_argument(
         "--json",
         action="store_true",
@@ -50,10 +59,23 @@ def configure(commands: Any) -> None:
     up.set_defaults(run=run)
 
 
+def _credential(name: str) -> Callable[[str], str]:
+    """An argparse ``type`` for --password / --username: non-empty, no NUL or whitespace
+    in a user name."""
+
+    def parse(text: str) -> str:
+        if not text or "\0" in text or (name == "username" and any(c.isspace() for c in text)):
+            what = "empty" if not text else "not allowed"
+            raise argparse.ArgumentTypeError(f"{name} {text!r} is {what}")
+        return text
+
+    return parse
+
+
 def run(args: argparse.Namespace) -> int:
     """Start the cluster, print its URLs, wait for SIGINT/SIGTERM, clean up; exit code."""
     if args.username is not None and args.password is None:
-        raise ValueError("--username needs --password")
+        raise UsageError(f"--username {args.username!r} needs --password")
     stop = threading.Event()
 
     def on_signal(_signum: int, _frame: object) -> None:

@@ -20,11 +20,11 @@ import anyio
 from ..config import ClusterConfig
 from ..control.scripts import control_keys
 from ..control.topology import Topology
-from ..errors import CacheringError, ConfigError
+from ..errors import CacheringError
 from ..node import NodeSpec
 from ..resp import Pool
 from ..ring import Ring
-from .args import float_in
+from .args import add_backend, float_in
 from .output import Live, Style, UsageError, fmt_bytes, fmt_count, fmt_percent, print_json, table
 
 __all__ = ["collect", "configure", "load_config", "render", "run"]
@@ -42,8 +42,8 @@ def load_config(urls: Sequence[str], path: str | None, **options: Any) -> Cluste
         raise UsageError("give at least one node URL (redis://host:port) or --config FILE")
     try:
         return ClusterConfig.from_urls(urls, **{k: v for k, v in options.items() if v is not None})
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    except ValueError as exc:  # a bad URL or option on the command line: usage, exit 2
+        raise UsageError(str(exc)) from None
 
 
 _seconds = float_in(0, above=True, unit="seconds")
@@ -97,6 +97,7 @@ def configure(commands: Any) -> None:
         metavar="SECONDS",
         help="seconds between refreshes with --watch (default 2)",
     )
+    add_backend(p)
     p.set_defaults(run=run)
 
 
@@ -367,14 +368,14 @@ def run(args: argparse.Namespace) -> int:
     )
     style = Style()
     if not args.watch:
-        report = anyio.run(_once, config, args.listen)
+        report = anyio.run(_once, config, args.listen, backend=args.backend)
         if args.json:
             print_json(report)
         else:
             for line in render(report, style):
                 style.write(line)
         return 0 if report["ok"] else 1
-    return _watch(config, args.interval, args.json, style)
+    return _watch(config, args.interval, args.json, style, args.backend)
 
 
 async def _once(config: ClusterConfig, listen: float) -> dict[str, Any]:
@@ -399,7 +400,9 @@ async def _stop_on_signal(scope: anyio.CancelScope) -> None:
             return
 
 
-def _watch(config: ClusterConfig, every: float, as_json: bool, style: Style) -> int:
+def _watch(
+    config: ClusterConfig, every: float, as_json: bool, style: Style, backend: str = "asyncio"
+) -> int:
     import json
 
     live = Live(style)
@@ -431,7 +434,7 @@ def _watch(config: ClusterConfig, every: float, as_json: bool, style: Style) -> 
                 await anyio.sleep(every)
 
     try:
-        anyio.run(loop)
+        anyio.run(loop, backend=backend)
     except KeyboardInterrupt:
         pass
     finally:

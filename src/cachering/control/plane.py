@@ -49,7 +49,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import anyio
-import attrs
 from anyio.abc import TaskGroup, TaskStatus
 
 from ..config import ClusterConfig
@@ -199,13 +198,13 @@ class ControlPlane:
         return self.health.suspects()
 
     def spec(self, node_id: str) -> NodeSpec:
-        """The connection spec of a node (configured, added, or learned from the topology)."""
+        """The connection spec of a node: configured, added here, or learned from the
+        topology (credentials as :meth:`ClusterConfig.learned_node
+        <cachering.config.ClusterConfig.learned_node>` says)."""
         spec = self._specs.get(node_id)
         if spec is None:
             tnode = self.topology.node(node_id)
-            base = self.config.nodes[0]
-            spec = attrs.evolve(base, id=tnode.id, host=tnode.host, port=tnode.port)
-            spec = attrs.evolve(spec, weight=tnode.weight)
+            spec = self.config.learned_node(tnode.id, tnode.host, tnode.port, tnode.weight)
             self._specs[node_id] = spec
         return spec
 

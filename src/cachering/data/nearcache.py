@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -26,10 +27,11 @@ import anyio
 import attrs
 from anyio.abc import TaskStatus
 
-from ..errors import NodeUnavailable, ResponseError
+from ..errors import NodeUnavailable, ResponseError, raise_sole_cause
 from ..messages import ControlMessage, MessageCodec, MessageRejected
 from ..node import NodeSpec
 from ..resp.pool import Pool
+from ._burst import BurstLog
 
 __all__ = [
     "InvalidationCodec",
@@ -38,6 +40,8 @@ __all__ = [
     "NearCache",
     "NearCacheStats",
 ]
+
+logger = logging.getLogger("cachering.data.nearcache")
 
 _ENVELOPE = 512  # room for the signed header and the JSON around the key list
 _MISSING = object()
@@ -299,22 +303,39 @@ class InvalidationSubscriber:
         """The node listened on right now (None while reconnecting)."""
         self.subscribed = anyio.Event()
         """Set once the first subscription is live."""
+        self.connects = 0
+        """Subscriptions attempted so far."""
+        self.unexpected = BurstLog(logger, "near-cache invalidation subscriber")
+        """Logs exceptions the subscriber did not expect (also counted as dropped messages)."""
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Subscribe, apply messages, and move to another node whenever the current one fails."""
+        """Subscribe, apply messages, and move to another node whenever the current one fails.
+
+        When no node is trusted the subscriber goes round every node in turn, waiting
+        ``retry_delay`` before each attempt and twice as long after each failure (up to
+        32 times ``retry_delay``), and stays on a node that answers until a trusted one
+        is available again."""
         task_status.started()
         attempt = 0
+        delay = self._retry_delay
         while True:
             candidates = self._choose(self._order)
-            node = candidates[0] if candidates else self._order[attempt % len(self._order)]
+            if candidates:
+                node, delay = candidates[0], self._retry_delay
+            else:
+                node = self._order[attempt % len(self._order)]
+                await anyio.sleep(delay)  # nobody is trusted: do not spin
             attempt += 1
+            self.connects += 1
             try:
                 await self._listen(node)
             except (NodeUnavailable, ResponseError, OSError):
                 self._on_failure(node)
+                delay = min(delay * 2, 32 * self._retry_delay)
                 await anyio.sleep(self._retry_delay)
-            except Exception:  # a listener must never take the cluster down
+            except Exception as exc:  # a listener must never take the cluster down
                 self._cache.stats.messages_dropped += 1
+                self.unexpected.exception(exc)
                 await anyio.sleep(self._retry_delay)
             finally:
                 self.node = None
@@ -322,6 +343,12 @@ class InvalidationSubscriber:
                 self._cache.clear()
 
     async def _listen(self, node: str) -> None:
+        try:
+            await self._listen_on(node)
+        except BaseException as exc:  # a task group wraps what failed: raise that
+            raise_sole_cause(exc)
+
+    async def _listen_on(self, node: str) -> None:
         async with anyio.create_task_group() as tg, self._factory(self._specs[node]) as pubsub:
             await pubsub.subscribe(self._channel)
             self._cache.clear()
@@ -339,7 +366,11 @@ class InvalidationSubscriber:
     async def _watch(self, node: str, scope: anyio.CancelScope) -> None:
         # The transport reconnects to the same node forever; once the cluster sees that
         # node failing, listen elsewhere instead (messages meanwhile would be lost).
-        while node in self._choose(self._order):  # noqa: ASYNC110 - router state has no event
+        # A node nobody trusts is still better than none: move only to a trusted one.
+        while True:
+            trusted = self._choose(self._order)
+            if trusted and node not in trusted:
+                break
             await anyio.sleep(_WATCH_INTERVAL)
         scope.cancel()
 

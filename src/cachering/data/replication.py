@@ -19,6 +19,7 @@ counts those with the rest.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from itertools import chain
@@ -31,10 +32,13 @@ from anyio.abc import TaskStatus
 from ..errors import NodeUnavailable, ResponseError
 from ..resp.pool import Pool
 from ..resp.script import Script
+from ._burst import BurstLog
 from .routing import each_node
 from .scripts import apply_args, apply_mode, entry_args, hint_keys
 
 __all__ = ["Entry", "SyncStats", "Synchronizer"]
+
+logger = logging.getLogger("cachering.data.replication")
 
 Entry = tuple[bytes, bytes, int]
 """(Redis key, stored value, absolute expiry in ms or 0)."""
@@ -92,6 +96,8 @@ class Synchronizer:
         self._timeout = timeout
         self._on_failure = on_failure
         self.stats = SyncStats()
+        self.unexpected = BurstLog(logger, "replica synchronizer")
+        """Logs exceptions the synchronizer did not expect (the writes are counted as drops)."""
         self._pending: dict[str, list[_Chunk]] = defaultdict(list)
         self._node_count: dict[str, int] = defaultdict(int)
         self._pending_count = 0  # pending + in flight
@@ -314,7 +320,11 @@ class Synchronizer:
             self._on_failure(node)
             await self._record_drops(node, chunks)
             return
-        except Exception:  # a refusal (OOM, ...) or anything else: count it, keep serving
+        except ResponseError:  # a refusal (OOM, ...): counted as drops, with hints
+            await self._record_drops(node, chunks)
+            return
+        except Exception as exc:  # a bug or hostile reply: logged, counted, keep serving
+            self.unexpected.exception(exc)
             await self._record_drops(node, chunks)
             return
         for piece, reply in zip(pieces, replies, strict=True):
@@ -341,7 +351,10 @@ class Synchronizer:
                 if pool is None:
                     raise NodeUnavailable(holder, "no pool for this node")
                 await pool.run_script(self._script, keys, argv, timeout=self._timeout)
-            except Exception:  # counted; the service must keep running
+            except (NodeUnavailable, ResponseError):
+                self.stats.hints_lost += len(members)
+            except Exception as exc:  # logged and counted; the service must keep running
+                self.unexpected.exception(exc)
                 self.stats.hints_lost += len(members)
             else:
                 self.stats.hints_recorded += len(members)

@@ -17,6 +17,7 @@ A topology (through :meth:`Router.swap`) can also mark ring nodes *unreadable* (
 read from, e.g. a node replaying hints after a restart) or *unwritable* (down: writes go
 to the next node with a hint). Those nodes stay on the ring so their keys do not move.
 
+Only nodes on the ring can be suspect: a node that leaves the ring leaves the suspect set.
 Suspicion expires on its own (``node_backoff`` seconds after a failure) unless it was
 set without a deadline with :meth:`Router.mark_suspect`, so a node that came back is
 used again without anyone having to notice.
@@ -144,11 +145,19 @@ class Router:
             for name, weight in weights.items():
                 if name in table:
                     table[name] = weight
-        self._route = self._make_route(table, unreadable, unwritable)
+        route = self._make_route(table, unreadable, unwritable)
+        self._route = route
+        # a node that left the ring while suspect must not keep the fast path off
+        for node in [n for n in self._suspect_until if n not in route.ring]:
+            del self._suspect_until[node]
         self.version += 1
 
     def mark_suspect(self, node_id: str, duration: float | None = None) -> None:
-        """Route around ``node_id`` for ``duration`` seconds (None: until cleared)."""
+        """Route around ``node_id`` for ``duration`` seconds (None: until cleared).
+
+        Nodes that are not on the ring are ignored (nothing is routed to them)."""
+        if node_id not in self._route.ring:
+            return
         until = math.inf if duration is None else self._clock() + duration
         if self._suspect_until.get(node_id, -math.inf) < until:
             self._suspect_until[node_id] = until

@@ -13,7 +13,7 @@ Arguments::
 ``limit`` bounds each hint set; past it the overflow key is set to ``1`` instead. The
 expiry is absolute Unix milliseconds (``PXAT``), ``0`` for none: one ``expiry`` for every
 key of the call (what a ``set_many`` writes), or ``*`` and one ``pxat`` per key (what
-replica batches and repairs mix). With no keys, ``distinct`` and the expiry may be left
+replica batches and repairs mix). With no keys, ``mode`` and the expiry may be left
 out. The reply is a string with one character per key: ``0`` not applied (the stored copy
 is as new or newer), ``1`` applied, ``2`` applied over a live (non-tombstone) value.
 

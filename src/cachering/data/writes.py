@@ -184,9 +184,9 @@ class Writes:
             if len(data) > self.config.max_value_size:
                 check(data)
             table[raw] = head + data
+        level, ms = self.level(consistency), _ttl_ms(ttl)  # checked even with no keys
         if not table:
-            raise ValueError("set_many needs at least one key")
-        level, ms = self.level(consistency), _ttl_ms(ttl)
+            return
         self._ops["set_many"] += 1
         pxat = _wall_ms() + ms if ms else 0
         await self._write(table, pxat, level)
@@ -201,9 +201,9 @@ class Writes:
     async def delete_many(self, keys: Iterable[Key], consistency: Consistency | None) -> int:
         """What :meth:`Cluster.delete_many <cachering.cluster.Cluster.delete_many>` does."""
         raws = list(dict.fromkeys(key_bytes(k) for k in keys))
+        level = self.level(consistency)  # checked even with no keys
         if not raws:
-            raise ValueError("delete_many needs at least one key")
-        level = self.level(consistency)
+            return 0
         self._ops["delete_many"] += 1
         tomb, pxat = self._tombstone()
         return await self._write(dict.fromkeys(raws, tomb), pxat, level)
@@ -255,8 +255,12 @@ class Writes:
                     reply = await self._pools[primary].run_script(
                         APPLY_ONE, (rkey,), (stored, pxat)
                     )
-                except (NodeUnavailable, ResponseError):
-                    pass
+                except (NodeUnavailable, ResponseError) as exc:
+                    # the general path starts around the primary: one timeout, not two
+                    flags = await self._write_general(
+                        [raw], [stored], pxat, level, failed=self._failure(primary, exc)
+                    )
+                    return flags.count(2)
                 else:
                     self._announce((raw,))
                     if len(targets) > 1:
@@ -267,6 +271,14 @@ class Writes:
                             )
                     return 1 if reply == b"2" else 0
         return await self._write({raw: stored}, pxat, level)
+
+    def _failure(self, node: str, exc: NodeUnavailable | ResponseError) -> dict[str, str]:
+        """Count a failed call to ``node``; returns {node: reason} for the general path."""
+        if isinstance(exc, NodeUnavailable):
+            self._on_failure(node)
+            return {node: exc.reason}
+        self._errors[node] += 1  # reachable but refusing (OOM, ...)
+        return {node: str(exc)}
 
     async def _write(self, table: dict[bytes, bytes], pxat: int, level: str) -> int:
         """Write every key (raw key -> stored value) at ``level``; returns how many keys
@@ -322,6 +334,7 @@ class Writes:
         replaced = 0
         failed: list[bytes] = []
         lost: _StrSet = set()
+        gone: dict[str, str] = {}
         retry_later: list[_Segment] = []
         limit = self.config.hint_limit
         sync = self.sync
@@ -334,10 +347,7 @@ class Writes:
                     APPLY, call.rkeys, [limit, 0, mode, pxat, *call.stored]
                 )
             except (NodeUnavailable, ResponseError) as exc:
-                if isinstance(exc, NodeUnavailable):
-                    self._on_failure(node)
-                else:
-                    self._errors[node] += 1
+                gone.update(self._failure(node, exc))
                 failed.extend(call.members)
                 lost.add(node)
                 retry_later.extend(call.riders)
@@ -352,7 +362,9 @@ class Writes:
         self._announce(raws)
         if failed:
             # the general path retries these around the failed node, with hints
-            retry = await self._write_general(failed, list(map(value_of, failed)), pxat, "one")
+            retry = await self._write_general(
+                failed, list(map(value_of, failed)), pxat, "one", failed=gone
+            )
             replaced += retry.count(2)
         if later or retry_later:
             assert sync is not None
@@ -367,9 +379,18 @@ class Writes:
         return replaced
 
     async def _write_general(
-        self, raws: list[bytes], stored: list[bytes], pxat: int, level: str
+        self,
+        raws: list[bytes],
+        stored: list[bytes],
+        pxat: int,
+        level: str,
+        *,
+        failed: Mapping[str, str] | None = None,
     ) -> list[int]:
-        """Any level, any routing state: fall back along preference lists, record hints."""
+        """Any level, any routing state: fall back along preference lists, record hints.
+
+        ``failed`` maps nodes that already failed during this operation to the reason:
+        they are not called again (each unresponsive node costs one timeout at most)."""
         n = len(raws)
         copies = self.router.copies
         need = 1 if level == "one" else copies
@@ -378,10 +399,12 @@ class Writes:
         rkeys = [prefix + r for r in raws]
         flags = [0] * n
         acked: list[tuple[str, ...]] = [()] * n
-        failed: dict[str, str] = {}
-        avoid: _StrSet = set()
+        failed = dict(failed or {})
+        avoid: _StrSet = set(failed)
         hinted: dict[int, _StrSet] = {}
         plans = self.router.write_plans(raws)
+        if avoid:
+            self._plan_around(raws, plans, range(n), avoid)
         todo: Sequence[int] = range(n)
         limit = self.config.hint_limit
         mode = apply_mode(True, stored)  # distinct: raws come from a mapping
@@ -445,18 +468,16 @@ class Writes:
             # re-plan the keys that still lack acknowledgements, around the failed nodes
             todo = [i for i in range(n) if len(acked[i]) < need]
             if todo:
-                fresh = self.router.write_plans([raws[i] for i in todo])
-                for i, plan in zip(todo, fresh, strict=True):
-                    targets, missed = plan
-                    home = self.router.preference_list(raws[i])
-                    gone = tuple(h for h in home if h in avoid and h not in missed)
-                    plans[i] = (tuple(t for t in targets if t not in avoid), missed + gone)
+                self._plan_around(raws, plans, todo, avoid)
         short = [i for i in range(n) if len(acked[i]) < required]
         if self.note_hinted is not None:
             missed_nodes = {m for i in range(n) for m in plans[i][1]} | avoid
             if missed_nodes:
                 self.note_hinted(missed_nodes)
         if short:
+            # The copies that took the write hold the new value now (and a call that
+            # timed out may have landed too): near caches must drop every key first.
+            self._announce(raws)
             # Copies that did take the write still get hints for the homes that failed,
             # so a partial write converges once they are back.
             if avoid:
@@ -475,6 +496,21 @@ class Writes:
             await self._hint_failed(raws, acked, hinted, avoid)
         await self._after_write(raws, rkeys, stored, pxat, plans, acked, level)
         return flags
+
+    def _plan_around(
+        self,
+        raws: list[bytes],
+        plans: list[tuple[tuple[str, ...], tuple[str, ...]]],
+        todo: Sequence[int],
+        avoid: _StrSet,
+    ) -> None:
+        """Re-plan the keys ``todo`` around the nodes that failed (homes among them missed)."""
+        fresh = self.router.write_plans([raws[i] for i in todo])
+        for i, plan in zip(todo, fresh, strict=True):
+            targets, missed = plan
+            home = self.router.preference_list(raws[i])
+            gone = tuple(h for h in home if h in avoid and h not in missed)
+            plans[i] = (tuple(t for t in targets if t not in avoid), missed + gone)
 
     async def _hint_failed(
         self,
