@@ -143,7 +143,7 @@ def test_redis_command_blocks_grant_what_a_cluster_needs(block: Block) -> None:
                 await cache.set_many({"acl:a": b"1", "acl:b": b"2"}, consistency="all")
                 assert await cache.get_many(["acl:k", "acl:a", "acl:b"]) == [b"v", b"1", b"2"]
                 assert await cache.delete("acl:a") is True
-                await cache.flush()
+                await cache.wait_replicated()
                 # the control plane, too, runs under that user: an election completes
                 with anyio.fail_after(20):
                     while cache.leader is None:
