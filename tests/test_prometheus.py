@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import re
+import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from cachering.cluster import Cluster
 from cachering.config import ClusterConfig
 from cachering.control.plane import ControlPlane
 from cachering.local import LocalCluster
 from cachering.metrics import families, flatten, hit_rate, samples, total_operations
-from cachering.prometheus import render, serve
+from cachering.prometheus import CacheringCollector, render, serve
 from failover_harness import failover_config
 
 pytestmark = pytest.mark.anyio
@@ -226,3 +228,23 @@ async def test_samples_read_the_control_planes_status(local: LocalCluster) -> No
     assert by_key[("cachering_control_messages_accepted_total", ())] == 0
     assert by_key[("cachering_control_messages_dropped_total", (("reason", "forged"),))] == 0
     assert status.as_dict()["messages"]["signed"] is True
+
+
+async def test_a_blocked_loop_is_served_from_the_last_snapshot(local: LocalCluster) -> None:
+    config = ClusterConfig(nodes=local.nodes, namespace="prom6", manager_id="mgr-6")
+    async with Cluster(config) as cluster:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(CacheringCollector(cluster, timeout=0.2))
+        await cluster.set("k", b"v")
+        fresh = Scrape(await anyio.to_thread.run_sync(generate_latest, registry))
+        await cluster.set("k", b"w")
+        scraped: list[bytes] = []
+        scraper = threading.Thread(target=lambda: scraped.append(generate_latest(registry)))
+        scraper.start()
+        scraper.join()  # the loop is blocked here, so the scrape cannot reach it
+        stale = Scrape(scraped[0])
+        await anyio.sleep(0)  # the abandoned request runs now, harmlessly
+        after = Scrape(await anyio.to_thread.run_sync(generate_latest, registry))
+    assert fresh.value("cachering_operations_total", op="set") == 1
+    assert stale.value("cachering_operations_total", op="set") == 1
+    assert after.value("cachering_operations_total", op="set") == 2
