@@ -9,12 +9,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
+import attrs
 import pytest
+import redis
 from prometheus_client import CollectorRegistry, generate_latest
 
 from cachering.cluster import Cluster
 from cachering.config import ClusterConfig
 from cachering.control.plane import ControlPlane
+from cachering.errors import ConsistencyError
 from cachering.local import LocalCluster
 from cachering.metrics import families, flatten, hit_rate, samples, total_operations
 from cachering.prometheus import CacheringCollector, render, serve
@@ -248,3 +251,33 @@ async def test_a_blocked_loop_is_served_from_the_last_snapshot(local: LocalClust
     assert fresh.value("cachering_operations_total", op="set") == 1
     assert stale.value("cachering_operations_total", op="set") == 1
     assert after.value("cachering_operations_total", op="set") == 2
+
+
+async def test_hints_lost_on_the_write_path_are_reported() -> None:
+    """The surviving copy refuses the hint (its user may write keys, not hints)."""
+    with LocalCluster(2) as local:
+        nodes = []
+        for spec in local.nodes:
+            admin = redis.Redis(host=spec.host, port=spec.port)
+            admin.acl_setuser(
+                "keysonly",
+                enabled=True,
+                passwords=["+pw-keys-only"],
+                keys=["hl:k:*"],
+                commands=["+@all"],
+            )
+            admin.close()
+            nodes.append(attrs.evolve(spec, username="keysonly", password="pw-keys-only"))
+        config = ClusterConfig(
+            nodes=tuple(nodes), namespace="hl", control_plane=False, consistency="quorum"
+        )
+        async with Cluster(config) as cluster:
+            with serve(cluster, 0) as exporter:
+                local.kill(1)  # not known yet: the write finds out during its call
+                with pytest.raises(ConsistencyError):
+                    await cluster.set("k", b"v")
+                scrape = await anyio.to_thread.run_sync(fetch, exporter.url)
+            lost = cluster.metrics().calls.hints_lost
+    assert lost == 1
+    assert scrape.value("cachering_hints_lost_total", source="write") == 1
+    assert scrape.value("cachering_hints_lost_total", source="replication") == 0
