@@ -22,18 +22,15 @@ around at once, before the leader has said anything.
 
 from __future__ import annotations
 
-import concurrent.futures
 import math
 import os
-import queue
-import threading
 from collections import defaultdict
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
 import anyio
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import TaskGroup
 
 from .config import ClusterConfig, Consistency
 from .control.plane import ControlPlane
@@ -67,10 +64,9 @@ from .metrics import (
 )
 from .node import NodeSpec
 from .resp import Pool, PubSub
+from .snapshot import LoopSnapshot
 
 __all__ = ["Cluster"]
-
-_SnapshotRequest = concurrent.futures.Future[tuple[Metrics, Status]]
 
 
 def _user_values(replies: list[bytes | None]) -> list[bytes | None]:
@@ -108,8 +104,7 @@ class Cluster:
         self._counters = CallCounters()
         self._ops = self._counters.ops
         self._errors = self._counters.errors
-        self._snapshot_requests: queue.SimpleQueue[_SnapshotRequest | None] = queue.SimpleQueue()
-        self._loop_thread: int | None = None
+        self._snapshots = LoopSnapshot(self._take_snapshot)
         self._bus = EventBus()
         self.control: ControlPlane | None = None
         """The failover layer (None when ``config.control_plane`` is off)."""
@@ -182,7 +177,7 @@ class Cluster:
         await self._tg.__aenter__()
         try:
             await self._tg.start(self._sync.run)
-            await self._tg.start(self._serve_snapshots)
+            await self._tg.start(self._snapshots.run)
             if self._publisher is not None:
                 await self._tg.start(self._publisher.run)
             if self._subscriber is not None:
@@ -572,51 +567,18 @@ class Cluster:
     def snapshot(self, timeout: float = 5.0) -> tuple[Metrics, Status]:
         """:meth:`metrics` and :meth:`status` taken together on the event loop.
 
-        Safe from any thread: from another one (a Prometheus scrape) the request is
-        handed to a task on the cluster's loop, which takes the snapshot and hands it
-        back, so no loop state is read or changed off the loop. Raises
-        :class:`RuntimeError` when the cluster is not open and :class:`TimeoutError`
-        when the loop does not answer within ``timeout`` seconds (the loop is blocked,
-        for example by this very call made from a thread the loop waits for).
+        Safe from any thread: from another one (a Prometheus scrape) the snapshot is
+        taken by a task on the cluster's loop and handed back
+        (:class:`~cachering.snapshot.LoopSnapshot`), so no loop state is read or changed
+        off the loop. Raises :class:`RuntimeError` when the cluster is not open and
+        :class:`TimeoutError` when the loop does not answer within ``timeout`` seconds.
         """
-        if self._state != "open" or self._loop_thread is None:
+        if self._state != "open":
             raise RuntimeError("the Cluster is not open")
-        if self._loop_thread == threading.get_ident():
-            return self._take_snapshot()
-        request: _SnapshotRequest = concurrent.futures.Future()
-        self._snapshot_requests.put(request)
         try:
-            return request.result(timeout)
-        except concurrent.futures.TimeoutError:
-            request.cancel()
-            raise TimeoutError(f"the event loop did not answer within {timeout}s") from None
-        except concurrent.futures.CancelledError:
-            raise RuntimeError("the Cluster closed during the snapshot") from None
+            return self._snapshots.get(timeout)
+        except RuntimeError:
+            raise RuntimeError("the Cluster is not open") from None
 
     def _take_snapshot(self) -> tuple[Metrics, Status]:
         return self.metrics(), self.status()
-
-    async def _serve_snapshots(self, *, task_status: TaskStatus[None]) -> None:
-        """Answer :meth:`snapshot` requests from other threads, on this loop.
-
-        A worker thread of its own (limiter of one, so the application's thread pool
-        loses nothing) waits on the request queue; each request is answered here.
-        """
-        requests = self._snapshot_requests
-        limiter = anyio.CapacityLimiter(1)
-        self._loop_thread = threading.get_ident()
-        task_status.started()
-        try:
-            while True:
-                request = await anyio.to_thread.run_sync(
-                    requests.get, abandon_on_cancel=True, limiter=limiter
-                )
-                if request is None:
-                    return
-                if request.set_running_or_notify_cancel():  # False: the caller gave up
-                    try:
-                        request.set_result(self._take_snapshot())
-                    except Exception as exc:  # handed to the caller, who raises it
-                        request.set_exception(exc)
-        finally:
-            requests.put(None)  # lets the abandoned worker thread return
