@@ -31,6 +31,7 @@ counters may share one family when their fixed ``labels`` differ
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal
@@ -84,7 +85,9 @@ class MetricSpec:
     ``name`` is given without ``_total``. ``label``: for a mapping field, the label its
     keys become (``"op"``, ``"node"``); ``labels``: fixed labels on every sample of the
     field (``{"outcome": "applied"}``); ``scale`` multiplies the value (milliseconds to
-    seconds); ``states``: a string field becomes one 0/1 series per listed state.
+    seconds); ``states``: a string field becomes one 0/1 series per listed state;
+    ``unknown``: the value exported while the field is None (NaN for a latency not
+    measured yet), so the series exists from the first scrape.
     """
 
     name: str
@@ -94,6 +97,7 @@ class MetricSpec:
     labels: Mapping[str, str] = attrs.field(factory=dict)
     scale: float = 1.0
     states: tuple[str, ...] = ()
+    unknown: float | None = None
 
     @property
     def exposed(self) -> str:
@@ -393,8 +397,9 @@ class NodeStatus:
     misses: int = 0
     latency_ms: float | None = gauge(
         "cachering_node_latency_seconds",
-        "Round trip of the last heartbeat.",
+        "Round trip of the last heartbeat (NaN before the first answer).",
         scale=0.001,
+        unknown=math.nan,
         default=None,
     )
     last_seen: float | None = None
@@ -515,14 +520,16 @@ def _one(spec: MetricSpec, value: object, labels: dict[str, str]) -> Iterator[Sa
     number = _number(value)
     if number is not None:
         yield Sample(spec.exposed, spec.kind, spec.help, labels, number * spec.scale)
+    elif value is None and spec.unknown is not None:
+        yield Sample(spec.exposed, spec.kind, spec.help, labels, spec.unknown)
 
 
 def samples(*snapshots: Metrics | Status) -> list[Sample]:
     """Every declared field of the snapshots as metric samples.
 
     Counter groups and nested parts are walked through; a field without a declaration
-    (an id, a flag for JSON readers) is not exported; a ``None`` value gives no sample
-    (a node never measured has no latency).
+    (an id, a flag for JSON readers) is not exported; a ``None`` value gives the
+    field's ``unknown`` value, or no sample.
     """
     out: list[Sample] = []
     for snapshot in snapshots:
