@@ -537,27 +537,11 @@ def samples(*snapshots: Metrics | Status) -> list[Sample]:
     return out
 
 
-_TABLE: tuple[type[Any], ...] = (
-    Metrics,
-    CallCounters,
-    SyncMetrics,
-    SyncCounters,
-    NearCacheMetrics,
-    NearCacheCounters,
-    ControlMetrics,
-    ControlCounters,
-    ElectionCounters,
-    Status,
-    TopologyStamp,
-    NodeStatus,
-    MessageCounters,
-)
-
-
 def families() -> dict[str, MetricSpec]:
     """Every metric family the table declares, by exposed name (``_total`` included)."""
     out: dict[str, MetricSpec] = {}
-    for cls in _TABLE:
+    tables = [v for v in globals().values() if isinstance(v, type) and attrs.has(v)]
+    for cls in tables:  # every counter group and snapshot class of this module
         for field in attrs.fields(cls):
             spec = _spec(field)
             if spec is not None and spec.name != _PER_NODE:
