@@ -226,7 +226,7 @@ class Fleet:
         under way already). A hang guard, not a speed requirement."""
 
         def sweeps(c: Cluster) -> int:
-            return c.control.counters["anti_entropy_sweeps"] if c.control is not None else 0
+            return c.control.counters.anti_entropy_sweeps if c.control is not None else 0
 
         base = {c.id: sweeps(c) for c in self.live()}
         with anyio.fail_after(timeout):
@@ -448,7 +448,7 @@ class Checker:
             if len(seen) > 1:
                 everywhere = {n: values.user_bytes(c.get(prefix + key)) for n, c in clients.items()}  # type: ignore[arg-type]
                 bad.append((key, homes, everywhere))
-        lost = {c.id: c.metrics()["sync"]["hints_lost"] for c in [cluster]}
+        lost = {c.id: c.metrics().sync.counters.hints_lost for c in [cluster]}
         assert not bad, f"copies differ: {bad[:5]}; hints lost {lost}; notes {self.h.notes}"
 
     def only_on_homes(self, cluster: Cluster, clients: dict[str, redis.Redis]) -> None:
@@ -467,7 +467,7 @@ class Checker:
             ]
             if extra:
                 strays[key] = (sorted(homes), extra)
-        dropped = cluster.metrics()["control"]["stand_in_copies_dropped"]
+        dropped = cluster.metrics().as_dict()["control"]["stand_in_copies_dropped"]
         assert not strays, f"copies outside their homes: {list(strays.items())[:5]}; {dropped=}"
 
     def same_topology_everywhere(

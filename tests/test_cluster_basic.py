@@ -54,9 +54,9 @@ async def test_every_key_on_exactly_its_preference_list(
             assert prefs[0] == cluster.node_for(key)
             assert cluster.home_nodes(key) == prefs  # every node up: homes take the writes
             assert inspect.holders(ns, key) == set(prefs)
-        assert cluster.metrics()["sync"]["replica_writes_applied"] == len(keys) + 1
+        assert cluster.metrics().sync.counters.applied == len(keys) + 1
         # the healthy-cluster fast path took every write: no call failed and fell back
-        assert cluster.metrics()["errors"] == {}
+        assert not any(cluster.metrics().calls.errors.values())
 
 
 async def test_replicas_capped_and_one_replica(local: LocalCluster, inspect: Inspector) -> None:
@@ -142,7 +142,7 @@ async def test_late_older_write_does_not_resurrect(
         await writer.wait_replicated()
         assert await writer.get("r") is None
         assert inspect.holders(ns, "r") == set()
-        assert writer.metrics()["sync"]["replica_writes_stale"] >= 2
+        assert writer.metrics().sync.counters.stale >= 2
 
 
 def cluster_nodes(cluster: Cluster, key: str) -> tuple[str, ...]:
@@ -206,7 +206,7 @@ async def test_bad_input(local: LocalCluster, ns: str) -> None:
             cluster.node_for(1.5)  # type: ignore[arg-type]
         # nothing was written by the failed calls
         assert await cluster.get("k") is None
-        assert cluster.metrics()["ops"].get("set", 0) == 0
+        assert cluster.metrics().calls.ops.get("set", 0) == 0
 
 
 async def test_lifecycle_errors(local: LocalCluster, ns: str) -> None:
@@ -242,13 +242,16 @@ async def test_metrics_snapshot(local: LocalCluster, ns: str) -> None:
         await cluster.get("none")
         await cluster.wait_replicated()
         snap = cluster.metrics()
-        assert snap["ops"]["set"] == 1
-        assert snap["ops"]["get"] == 2
-        assert snap["hits"] == 1
-        assert snap["misses"] == 1
-        assert snap["sync"]["queue_depth"] == 0
-        assert snap["sync"]["batches_flushed"] >= 1
-        assert snap["errors"] == {}
+        assert snap.calls.ops["set"] == 1
+        assert snap.calls.ops["get"] == 2
+        assert snap.calls.hits == 1
+        assert snap.calls.misses == 1
+        assert snap.sync.queue_depth == 0
+        assert snap.sync.counters.batches >= 1
+        assert snap.calls.errors == {n.id: 0 for n in local.nodes}
+        # the JSON form the CLI prints carries the same numbers
+        assert snap.as_dict()["ops"]["set"] == 1
+        assert snap.as_dict()["sync"]["batches"] == snap.sync.counters.batches
 
 
 async def test_set_many_pairs_last_value_wins(local: LocalCluster, ns: str) -> None:

@@ -40,7 +40,7 @@ async def test_quorum_and_all_acknowledged_when_every_node_answers(
         await cluster.set("a", b"1", consistency="all")
         await cluster.set_many({f"m{i}": b"x" for i in range(100)}, consistency="all")
         # quorum/all wrote every copy synchronously: nothing went through the synchronizer
-        assert cluster.metrics()["sync"]["submitted"] == 0
+        assert cluster.metrics().sync.counters.submitted == 0
         assert inspect.holders(ns, "a") == set(inspect.clients)
         assert inspect.holders(ns, "q") == set(inspect.clients)  # quorum calls every copy
         assert all(inspect.holders(ns, f"m{i}") == set(inspect.clients) for i in range(100))
@@ -102,8 +102,8 @@ async def test_write_with_primary_down_goes_to_next_node_with_hint(
         assert inspect.holders(ns, key, skip={"n0"}) == {"n1", "n2"}
         acting = next(n for n in home if n != "n0")
         assert key.encode() in inspect.hints(acting, ns, "n0")
-        assert cluster.metrics()["hints_recorded"] >= 1
-        assert cluster.metrics()["errors"].get("n0", 0) >= 1
+        assert cluster.metrics().calls.hints_recorded >= 1
+        assert cluster.metrics().calls.errors.get("n0", 0) >= 1
 
 
 async def test_replica_down_drops_counted_and_hinted(
@@ -117,8 +117,8 @@ async def test_replica_down_drops_counted_and_hinted(
         for k in to_n1:
             await cluster.set(k, b"v")
         await cluster.wait_replicated()
-        sync = cluster.metrics()["sync"]
-        assert sync["replica_writes_dropped"] == len(to_n1)
+        sync = cluster.metrics().sync
+        assert sync.counters.dropped == len(to_n1)
         hinted = set()
         for holder in ("n0", "n2"):
             hinted |= inspect.hints(holder, ns, "n1")
@@ -176,7 +176,7 @@ async def test_reads_fall_back_when_a_node_freezes(local: LocalCluster, ns: str)
         try:
             assert await cluster.get_many(keys) == [b"v"] * 60
             assert all([await cluster.get(k) == b"v" for k in keys])
-            assert "n0" in cluster.metrics()["suspects"]
+            assert "n0" in cluster.metrics().suspects
         finally:
             local.resume(0)
 
@@ -215,4 +215,4 @@ async def test_writes_at_one_keep_succeeding_when_a_node_dies(
         assert len(written) > 50
         for key, value in written.items():
             assert await cluster.get(key) in (value, attempted[key])
-        assert cluster.metrics()["hints_recorded"] > 0
+        assert cluster.metrics().calls.hints_recorded > 0

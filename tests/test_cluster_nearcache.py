@@ -53,7 +53,7 @@ async def test_near_cache_serves_repeat_reads_and_own_writes_invalidate(
         for node in cluster.preference_list("k"):
             inspect.clients[node].delete(f"{ns}:k:k")
         assert await cluster.get("k") == b"v1"
-        assert cluster.metrics()["near_cache"]["hits"] == 1
+        assert cluster.metrics().near_cache.counters.hits == 1
         await cluster.set("k", b"v2")
         assert await cluster.get("k") == b"v2"
         await cluster.delete("k")
@@ -66,7 +66,7 @@ async def test_near_cache_is_bounded_and_ttl_aware(local: LocalCluster) -> None:
     async with Cluster(config(local.nodes, ns, near_cache_size=10)) as cluster:
         await cluster.set_many({f"b{i}": b"x" for i in range(50)})
         assert await cluster.get_many([f"b{i}" for i in range(50)]) == [b"x"] * 50
-        assert cluster.metrics()["near_cache"]["size"] == 10
+        assert cluster.metrics().near_cache.size == 10
         await cluster.set("short", b"v", ttl=0.1)
         assert await cluster.get("short") == b"v"
         await anyio.sleep(0.15)
@@ -84,17 +84,17 @@ async def test_invalidation_across_instances(
         await writer.set_many({"x": b"1", "y": b"1"})
         await writer.wait_replicated()
         # let the announcement of that first write arrive before reading
-        await eventually(lambda: reader.metrics()["near_cache"]["messages_received"] >= 1)
+        await eventually(lambda: reader.metrics().near_cache.counters.messages_received >= 1)
         assert await reader.get("x") == b"1"
         assert await reader.get_many(["y"]) == [b"1"]
-        assert reader.metrics()["near_cache"]["size"] == 2
+        assert reader.metrics().near_cache.size == 2
         await writer.set("x", b"2")
         await writer.delete("y")
-        await eventually(lambda: reader.metrics()["near_cache"]["invalidated"] >= 2)
+        await eventually(lambda: reader.metrics().near_cache.counters.invalidated >= 2)
         assert await reader.get("x") == b"2"
         assert await reader.get("y") is None
         # the writer ignored its own announcements
-        assert writer.metrics()["near_cache"]["invalidated"] == 0
+        assert writer.metrics().near_cache.counters.invalidated == 0
 
 
 async def test_lost_messages_clear_the_near_cache(local: LocalCluster, inspect: Inspector) -> None:
@@ -103,14 +103,14 @@ async def test_lost_messages_clear_the_near_cache(local: LocalCluster, inspect: 
         await subscribed(cluster, inspect)
         await cluster.set_many({f"g{i}": b"v" for i in range(20)})
         await cluster.get_many([f"g{i}" for i in range(20)])
-        assert cluster.metrics()["near_cache"]["size"] == 20
-        clears = cluster.metrics()["near_cache"]["clears"]
+        assert cluster.metrics().near_cache.size == 20
+        clears = cluster.metrics().near_cache.counters.clears
         node = cluster._subscriber.node if cluster._subscriber else None
         assert node is not None
         # drop the subscription's connection: the transport reconnects and reports a gap
         inspect.clients[node].execute_command("CLIENT", "KILL", "TYPE", "pubsub")
-        await eventually(lambda: cluster.metrics()["near_cache"]["clears"] > clears)
-        assert cluster.metrics()["near_cache"]["size"] == 0
+        await eventually(lambda: cluster.metrics().near_cache.counters.clears > clears)
+        assert cluster.metrics().near_cache.size == 0
 
 
 async def test_subscriber_moves_off_a_dead_node(local: LocalCluster, inspect: Inspector) -> None:
@@ -131,11 +131,11 @@ async def test_subscriber_moves_off_a_dead_node(local: LocalCluster, inspect: In
                     reader._subscriber is not None and reader._subscriber.node not in (None, first)
                 )
             )
-            assert reader.metrics()["near_cache"]["size"] == 0
+            assert reader.metrics().near_cache.size == 0
             await subscribed(reader, inspect)
             await reader.get("m")
             await writer.set("m", b"2")
-            await eventually(lambda: reader.metrics()["near_cache"]["invalidated"] >= 1)
+            await eventually(lambda: reader.metrics().near_cache.counters.invalidated >= 1)
             assert await reader.get("m") == b"2"
     finally:
         for i in range(len(local.nodes)):
@@ -158,7 +158,7 @@ async def test_garbage_on_the_channel_is_counted_not_fatal(
             b"\xff" * 9,
         ):
             inspect.clients[node].publish(f"{ns}:inval", junk)
-        await eventually(lambda: cluster.metrics()["near_cache"]["messages_dropped"] >= 4)
+        await eventually(lambda: cluster.metrics().near_cache.counters.messages_dropped >= 4)
         await cluster.set("still", b"ok")
         assert await cluster.get("still") == b"ok"
 

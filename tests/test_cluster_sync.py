@@ -34,12 +34,12 @@ async def test_replica_writes_travel_in_batches(local: LocalCluster, ns: str) ->
         for i in range(200):
             await cluster.set(f"one{i}", b"v")
         await cluster.wait_replicated()
-        sync = cluster.metrics()["sync"]
-        assert sync["submitted"] == 3200
-        assert sync["replica_writes_applied"] == 3200
+        sync = cluster.metrics().sync
+        assert sync.counters.submitted == 3200
+        assert sync.counters.applied == 3200
         # 3200 replica writes to 3 nodes: a few dozen script calls, not one per key
-        assert sync["batches_flushed"] <= 40
-        assert sync["queue_depth"] == 0
+        assert sync.counters.batches <= 40
+        assert sync.queue_depth == 0
 
 
 async def test_backpressure_bounds_the_queue(
@@ -71,15 +71,15 @@ async def test_backpressure_bounds_the_queue(
             local.resume(1)
             await done.wait()
         await cluster.wait_replicated()
-        stats = cluster.metrics()["sync"]
+        stats = cluster.metrics().sync
         # submit takes chunks (4 keys) only while fewer than 8 are pending or in flight
         assert max(depths) == 8
-        assert stats["submitted"] == 100
-        assert stats["replica_writes_applied"] + stats["replica_writes_dropped"] == 100
-        assert stats["queue_depth"] == 0
+        assert stats.counters.submitted == 100
+        assert stats.counters.applied + stats.counters.dropped == 100
+        assert stats.queue_depth == 0
         # whatever was dropped while the node was frozen left a hint on the holder
         hinted = inspect.hints("n0", ns, "n1")
-        assert len(hinted) == stats["replica_writes_dropped"]
+        assert len(hinted) == stats.counters.dropped
 
 
 async def test_exit_flushes_pending_batches(
@@ -89,11 +89,11 @@ async def test_exit_flushes_pending_batches(
     async with Cluster(cfg) as cluster:
         for i in range(20):
             await cluster.set(f"e{i}", b"v")
-        assert cluster.metrics()["sync"]["queue_depth"] == 20
+        assert cluster.metrics().sync.queue_depth == 20
         prefs = {f"e{i}": cluster.preference_list(f"e{i}") for i in range(20)}
     for key, nodes in prefs.items():
         assert inspect.holders(ns, key) == set(nodes)
-    assert cluster.metrics()["sync"]["replica_writes_applied"] == 20
+    assert cluster.metrics().sync.counters.applied == 20
 
 
 async def test_exit_gives_up_after_the_shutdown_timeout(local: LocalCluster, ns: str) -> None:
@@ -103,9 +103,9 @@ async def test_exit_gives_up_after_the_shutdown_timeout(local: LocalCluster, ns:
         for key in keys[:10]:
             await cluster.set(key, b"v")
         local.pause(2)
-    stats = cluster.metrics()["sync"]
-    assert stats["replica_writes_abandoned"] == 10
-    assert stats["queue_depth"] == 0
+    stats = cluster.metrics().sync
+    assert stats.counters.abandoned == 10
+    assert stats.queue_depth == 0
 
 
 async def test_set_many_replica_writes_ride_in_the_primary_calls(
@@ -116,22 +116,22 @@ async def test_set_many_replica_writes_ride_in_the_primary_calls(
     async with Cluster(config(local.nodes, ns, sync_flush_interval=30.0)) as cluster:
         keys = [f"i{i}" for i in range(600)]
         await cluster.set_many(dict.fromkeys(keys, b"v"), ttl=60)
-        sync = cluster.metrics()["sync"]
-        assert sync["inline"] == sync["submitted"] == sync["replica_writes_applied"] == 600
-        assert sync["queue_depth"] == 0
-        assert sync["batches_flushed"] == 0
+        sync = cluster.metrics().sync
+        assert sync.counters.inline == sync.counters.submitted == sync.counters.applied == 600
+        assert sync.queue_depth == 0
+        assert sync.counters.batches == 0
         for key in keys:
             home = cluster.preference_list(key)
             assert inspect.holders(ns, key) == set(home)
             assert len({inspect.expiretime(node, ns, key) for node in home}) == 1
         # one key: its replica node gets no call of its own, the synchronizer takes it
         await cluster.set_many({"alone": b"w"})
-        sync = cluster.metrics()["sync"]
-        assert sync["inline"] == 600
-        assert sync["queue_depth"] == 1
+        sync = cluster.metrics().sync
+        assert sync.counters.inline == 600
+        assert sync.queue_depth == 1
         await cluster.wait_replicated()
         assert inspect.holders(ns, "alone") == set(cluster.preference_list("alone"))
-        assert cluster.metrics()["sync"]["replica_writes_applied"] == 601
+        assert cluster.metrics().sync.counters.applied == 601
 
 
 async def test_set_many_without_inline_replica_writes(
@@ -141,14 +141,14 @@ async def test_set_many_without_inline_replica_writes(
     async with Cluster(cfg) as cluster:
         keys = [f"q{i}" for i in range(300)]
         await cluster.set_many(dict.fromkeys(keys, b"v"))
-        sync = cluster.metrics()["sync"]
-        assert sync["inline"] == 0
-        assert sync["queue_depth"] == 300
+        sync = cluster.metrics().sync
+        assert sync.counters.inline == 0
+        assert sync.queue_depth == 300
         # only the primary copies are written until the synchronizer flushes
         assert all(inspect.holders(ns, k) == {cluster.node_for(k)} for k in keys)
         await cluster.wait_replicated()
         assert all(inspect.holders(ns, k) == set(cluster.preference_list(k)) for k in keys)
-        assert cluster.metrics()["sync"]["replica_writes_applied"] == 300
+        assert cluster.metrics().sync.counters.applied == 300
 
 
 async def test_riders_of_a_failed_call_are_hinted(
@@ -165,8 +165,8 @@ async def test_riders_of_a_failed_call_are_hinted(
         await cluster.wait_replicated()
         # n1's call timed out: its replica writes were retried by the synchronizer,
         # counted as dropped and left as hints on each key's primary
-        sync = cluster.metrics()["sync"]
-        assert sync["replica_writes_dropped"] == len(riders)
+        sync = cluster.metrics().sync
+        assert sync.counters.dropped == len(riders)
         for key in riders:
             assert key.encode() in inspect.hints(prefs[key][0], ns, "n1")
             assert inspect.holders(ns, key, skip={"n1"}) == {prefs[key][0]}

@@ -49,10 +49,10 @@ async def test_one_leader_epochs_never_go_backwards(local: LocalCluster) -> None
             assert lead.topology.leader == lead.id
             assert lead.topology.epoch == lead.epoch
             status = lead.status()
-            assert status["is_leader"]
-            assert status["secret_configured"]
-            assert set(status["nodes"]) == {"n0", "n1", "n2"}
-            assert all(n["healthy"] for n in status["nodes"].values())
+            assert status.is_leader
+            assert status.secret_configured
+            assert set(status.nodes) == {"n0", "n1", "n2"}
+            assert all(n.healthy for n in status.nodes.values())
             # the leader's manager dies: another takes over with a higher epoch
             old_epoch = lead.epoch
             m.kill(lead.id)
@@ -92,7 +92,7 @@ async def test_killed_node_goes_down_and_rejoins(local: LocalCluster) -> None:
                 break
         assert seen == [NodeDown, NodeRecovering, NodeUp]
         status = lead.status()
-        assert status["nodes"]["n1"]["restarts"] == 1
+        assert status.nodes["n1"].restarts == 1
         # the restarted node was seeded before it voted again, and holds the topology again
         client = _client(local.nodes[1])
         try:
@@ -125,7 +125,7 @@ async def test_pause_within_and_past_threshold(local: LocalCluster) -> None:
         finally:
             local.resume(2)
         await m.until(lambda: m.states("n2") == ["up", "up"])
-        assert lead.status()["nodes"]["n2"]["restarts"] == 0
+        assert lead.status().nodes["n2"].restarts == 0
 
 
 async def test_restarted_node_does_not_vote_until_seeded(local: LocalCluster) -> None:
@@ -286,8 +286,8 @@ async def test_bad_control_messages_are_dropped_and_counted(local: LocalCluster)
             captured,
         ):
             _publish(local.nodes[0], channel, data)
-        await m.until(lambda: sum(follower.status()["messages_dropped"].values()) >= 6)
-        dropped = follower.status()["messages_dropped"]
+        await m.until(lambda: follower.status().messages.total >= 6)
+        dropped = follower.status().messages.dropped
         assert dropped["forged"] >= 1
         assert dropped["unsigned"] >= 1
         assert dropped["malformed"] >= 2
@@ -306,8 +306,8 @@ async def test_unsigned_cluster_runs_and_says_so(local: LocalCluster) -> None:
         plane = await m.start(cfg, "m0")
         await m.wait_leader()
         status = plane.status()
-        assert status["secret_configured"] is False
-        assert status["warnings"]
+        assert status.secret_configured is False
+        assert status.warnings
 
 
 def test_control_plane_rejects_bad_config() -> None:

@@ -28,7 +28,7 @@ async def test_status_events_metrics_and_leader_only_changes(local: LocalCluster
             await f.start(f"m{i}")
         lead = await f.wait_leader()
         follower = next(c for c in f.live() if c is not lead)
-        status = follower.status()
+        status = follower.status().as_dict()
         assert status["leader"] == lead.id
         assert status["control_plane"] is True
         assert status["secret_configured"] is True
@@ -38,10 +38,11 @@ async def test_status_events_metrics_and_leader_only_changes(local: LocalCluster
         assert node["healthy"] is True
         assert node["latency_ms"] is not None
         assert node["run_id"]
-        metrics = lead.metrics()["control"]
-        assert metrics["enabled"] is True
-        assert metrics["is_leader"] == 1
-        assert metrics["topology_commits"] >= 1
+        control = lead.metrics().control
+        assert control is not None
+        assert lead.status().is_leader is True
+        assert control.counters.topology_commits >= 1
+        assert lead.metrics().as_dict()["control"]["topology_commits"] >= 1
         assert follower.epoch == lead.epoch
         assert follower.is_leader is False
         with pytest.raises(NotLeader):
@@ -66,8 +67,9 @@ async def test_control_plane_off(local: LocalCluster) -> None:
         assert cluster.control is None
         assert cluster.is_leader is False
         assert cluster.leader is None
-        assert cluster.status()["control_plane"] is False
-        assert cluster.metrics()["control"] == {"enabled": False}
+        assert cluster.status().control_plane is False
+        assert cluster.metrics().control is None
+        assert cluster.metrics().as_dict()["control"] == {"enabled": False}
         assert cluster.topology.stamp == (0, 0)
         with pytest.raises(RuntimeError, match="control plane is off"):
             await cluster.remove_node("n0")

@@ -41,7 +41,6 @@ from .data.nearcache import (
     InvalidationPublisher,
     InvalidationSubscriber,
     NearCache,
-    NearCacheStats,
 )
 from .data.replication import Synchronizer
 from .data.routing import Router, each_node
@@ -50,8 +49,22 @@ from .data.writes import TTL, Items, Key, Value, Writes, key_bytes
 from .errors import NodeUnavailable, ResponseError, raise_sole_cause
 from .events import EventBus, Subscription
 from .messages import Keyring, MessageCodec
+from .metrics import (
+    CallCounters,
+    ControlMetrics,
+    Metrics,
+    NearCacheCounters,
+    NearCacheMetrics,
+    NodeStatus,
+    Status,
+    SyncCounters,
+    SyncMetrics,
+    TopologyStamp,
+    snapshot_of,
+)
 from .node import NodeSpec
 from .resp import Pool, PubSub, ReplyLimits
+from .snapshot import LoopSnapshot
 from .tracing import traced
 
 __all__ = ["Cluster"]
@@ -91,13 +104,14 @@ class Cluster:
         self._tg: TaskGroup | None = None
         self._sync: Synchronizer | None = None
         self._near: NearCache | None = None
-        self._near_stats = NearCacheStats()
+        self._near_stats = NearCacheCounters()
         self._publisher: InvalidationPublisher | None = None
         self._subscriber: InvalidationSubscriber | None = None
         self._state = "new"
-        self._ops: dict[str, int] = defaultdict(int)
-        self._errors: dict[str, int] = defaultdict(int)
-        self._counts: dict[str, int] = defaultdict(int)
+        self._counters = CallCounters()
+        self._ops = self._counters.ops
+        self._errors = self._counters.errors
+        self._snapshots = LoopSnapshot(self._take_snapshot)
         self._bus = EventBus()
         self.control: ControlPlane | None = None
         """The failover layer (None when ``config.control_plane`` is off)."""
@@ -108,9 +122,7 @@ class Cluster:
             self._pools,
             self._clock,
             on_failure=self._failed,
-            ops=self._ops,
-            errors=self._errors,
-            counts=self._counts,
+            counters=self._counters,
         )
 
     # ---------------------------------------------------------------- lifecycle
@@ -181,6 +193,7 @@ class Cluster:
         await self._tg.__aenter__()
         try:
             await self._tg.start(self._sync.run)
+            await self._tg.start(self._snapshots.run)
             if self._publisher is not None:
                 await self._tg.start(self._publisher.run)
             if self._subscriber is not None:
@@ -306,18 +319,26 @@ class Cluster:
         """
         return self._bus.subscribe(size)
 
-    def status(self) -> dict[str, Any]:
-        """Nodes (state, health, latency, last seen), leader, epoch, topology, messages."""
+    def status(self) -> Status:
+        """Nodes (state, health, latency, last seen), leader, epoch, topology, messages.
+
+        Call it on the event loop; from another thread use :meth:`snapshot`.
+        ``status().as_dict()`` is the JSON-ready form.
+        """
         if self.control is None:
-            return {
-                "manager": self.id,
-                "leader": None,
-                "is_leader": False,
-                "epoch": 0,
-                "control_plane": False,
-                "nodes": {n.id: {"state": "up"} for n in self.config.nodes},
-            }
-        return {**self.control.status(), "control_plane": True}
+            c = self.config
+            return Status(
+                manager=self.id,
+                leader=None,
+                control_plane=False,
+                topology=TopologyStamp(0, 0),
+                nodes={n.id: NodeStatus(state="up", weight=n.weight) for n in c.nodes},
+                is_leader=False,
+                epoch=0,
+                secret_configured=c.secret is not None,
+                events_published=self._bus.published,
+            )
+        return self.control.status()
 
     @traced("add_node")
     async def add_node(self, spec: NodeSpec) -> Topology:
@@ -363,7 +384,7 @@ class Cluster:
         if near is not None:
             cached = near.get(raw)
             if cached is not None:
-                self._counts["hits"] += 1
+                self._counters.hits += 1
                 return cached
         rkey = self._prefix + raw
         generation = near.generation if near is not None else 0
@@ -378,9 +399,9 @@ class Cluster:
                 continue
             value = values.user_bytes(reply)
             if value is None:
-                self._counts["misses"] += 1
+                self._counters.misses += 1
                 return None
-            self._counts["hits"] += 1
+            self._counters.hits += 1
             if near is not None:
                 near.put(raw, value, pttl / 1000 if pttl > 0 else None, generation)
             return value
@@ -490,8 +511,8 @@ class Cluster:
             todo = failed
         result = [found[r] for r in raws]
         misses = result.count(None)
-        self._counts["hits"] += len(result) - misses
-        self._counts["misses"] += misses
+        self._counters.hits += len(result) - misses
+        self._counters.misses += misses
         return result
 
     # ---------------------------------------------------------------- writes
@@ -549,59 +570,58 @@ class Cluster:
         if self._publisher is not None:
             await self._publisher.flush()
 
-    def _control_metrics(self) -> dict[str, Any]:
+    def _control_metrics(self) -> ControlMetrics | None:
         control = self.control
         if control is None:
-            return {"enabled": False}
-        election = control.election.stats
-        return {
-            "enabled": True,
-            "is_leader": int(control.is_leader),
-            "epoch": control.epoch,
-            "topology_version": control.topology.version,
-            **control.counters,
-            **{f"election_{k}": v for k, v in election.items()},
-            "messages_accepted": control.codec.accepted,
-            "messages_dropped": control.codec.drops.snapshot(),
-            "events_dropped": self._bus.dropped,
-            "health_suspects": len(control.suspects()),
-            "lagging": len(control.lagging),
-        }
+            return None
+        return ControlMetrics(
+            counters=snapshot_of(control.counters),
+            election=snapshot_of(control.election.stats),
+            health_suspects=len(control.suspects()),
+            lagging=len(control.lagging),
+        )
 
-    def metrics(self) -> dict[str, Any]:
-        """A snapshot of counters (plain dicts and ints)."""
-        s = self._sync.stats if self._sync is not None else None
-        near = self._near_stats
-        return {
-            "ops": dict(self._ops),
-            "hits": self._counts["hits"],
-            "misses": self._counts["misses"],
-            "errors": dict(self._errors),
-            "hints_recorded": self._counts["hints_recorded"]
-            + (s.hints_recorded if s is not None else 0),
-            "suspects": sorted(self.router.suspects()) if self._state == "open" else [],
-            "sync": {
-                "queue_depth": self._sync.depth if self._sync is not None else 0,
-                "submitted": s.submitted if s else 0,
-                "inline": s.inline if s else 0,
-                "batches_flushed": s.batches if s else 0,
-                "flushes": s.flushes if s else 0,
-                "replica_writes_applied": s.applied if s else 0,
-                "replica_writes_stale": s.stale if s else 0,
-                "replica_writes_dropped": s.dropped if s else 0,
-                "replica_writes_abandoned": s.abandoned if s else 0,
-                "hints_lost": s.hints_lost if s else 0,
-            },
-            "control": self._control_metrics(),
-            "near_cache": {
-                "enabled": self._near is not None,
-                "size": len(self._near) if self._near is not None else 0,
-                "hits": near.hits,
-                "misses": near.misses,
-                "invalidated": near.invalidated,
-                "clears": near.clears,
-                "messages_sent": near.messages_sent,
-                "messages_received": near.messages_received,
-                "messages_dropped": near.messages_dropped,
-            },
-        }
+    def metrics(self) -> Metrics:
+        """A snapshot of every counter (``metrics().as_dict()`` is the JSON-ready form).
+
+        Call it on the event loop; from another thread use :meth:`snapshot`.
+        """
+        calls: CallCounters = snapshot_of(self._counters)
+        for node in self._pools:
+            calls.errors.setdefault(node, 0)  # every node's series exists before its first error
+        sync = self._sync
+        near = self._near
+        return Metrics(
+            calls=calls,
+            sync=SyncMetrics(
+                queue_depth=sync.depth if sync is not None else 0,
+                counters=snapshot_of(sync.stats) if sync is not None else SyncCounters(),
+            ),
+            near_cache=NearCacheMetrics(
+                enabled=near is not None,
+                size=len(near) if near is not None else 0,
+                counters=snapshot_of(self._near_stats),
+            ),
+            control=self._control_metrics(),
+            suspects=tuple(sorted(self.router.suspects())) if self._state == "open" else (),
+            events_dropped=self._bus.dropped,
+        )
+
+    def snapshot(self, timeout: float = 5.0) -> tuple[Metrics, Status]:
+        """:meth:`metrics` and :meth:`status` taken together on the event loop.
+
+        Safe from any thread: from another one (a Prometheus scrape) the snapshot is
+        taken by a task on the cluster's loop and handed back
+        (:class:`~cachering.snapshot.LoopSnapshot`), so no loop state is read or changed
+        off the loop. Raises :class:`RuntimeError` when the cluster is not open and
+        :class:`TimeoutError` when the loop does not answer within ``timeout`` seconds.
+        """
+        if self._state != "open":
+            raise RuntimeError("the Cluster is not open")
+        try:
+            return self._snapshots.get(timeout)
+        except RuntimeError:
+            raise RuntimeError("the Cluster is not open") from None
+
+    def _take_snapshot(self) -> tuple[Metrics, Status]:
+        return self.metrics(), self.status()

@@ -36,7 +36,7 @@ import hmac
 import json
 import math
 import re
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Final, Literal, cast, get_args
@@ -44,6 +44,7 @@ from typing import Any, Final, Literal, cast, get_args
 import attrs
 
 from .errors import CacheringError
+from .metrics import MessageCounters
 
 __all__ = [
     "DEFAULT_MAX_SIZE",
@@ -317,29 +318,8 @@ class Keyring:
         return f"Keyring(key_ids={list(self.key_ids)!r}, active={self._active!r})"
 
 
-@attrs.define
-class DropCounters:
-    """How many messages were dropped, per reason, and when the last one was."""
-
-    _counts: dict[str, int] = attrs.field(factory=lambda: dict.fromkeys(REJECT_REASONS, 0))
-    last_reason: str | None = None
-    last_at: float | None = None
-
-    def record(self, reason: RejectReason, now: float | None = None) -> None:
-        """Count one drop (``now`` is stored as the time of the last drop, if given)."""
-        self._counts[reason] += 1
-        self.last_reason = reason
-        if now is not None:
-            self.last_at = now
-
-    @property
-    def total(self) -> int:
-        """All drops, whatever the reason."""
-        return sum(self._counts.values())
-
-    def snapshot(self) -> dict[str, int]:
-        """A copy of the counts, one entry per reason (zeros included)."""
-        return dict(self._counts)
+DropCounters = MessageCounters
+"""The codec's counters: accepted, and dropped by reason (see :mod:`cachering.metrics`)."""
 
 
 def _identity(data: bytes, max_size: int) -> object:
@@ -412,14 +392,17 @@ class MessageCodec:
         self.max_size = max_size
         self.replay_window = replay_window
         self.max_senders = max_senders
-        self.drops = DropCounters()
-        self.accepted = 0
-        self.rejected_copies = 0
-        """Rejected messages not counted as drops: copies of one already counted."""
+        self.drops = MessageCounters(dropped=defaultdict(int, dict.fromkeys(REJECT_REASONS, 0)))
+        """Messages accepted, and dropped by reason (zeros included)."""
         self._rejected: OrderedDict[object, None] = OrderedDict()
         self._epoch_floor = 0
         # sender -> (highest seq accepted, bitmap of accepted seqs just below it)
         self._seen: OrderedDict[str, tuple[int, int]] = OrderedDict()
+
+    @property
+    def accepted(self) -> int:
+        """Messages that passed every check."""
+        return self.drops.accepted
 
     @property
     def signed(self) -> bool:
@@ -443,9 +426,9 @@ class MessageCodec:
             "signed": self.signed,
             "key_ids": list(self.keyring.key_ids) if self.keyring else [],
             "active_key": self.keyring.active if self.keyring else None,
-            "accepted": self.accepted,
+            "accepted": self.drops.accepted,
             "dropped": self.drops.snapshot(),
-            "rejected_copies": self.rejected_copies,
+            "rejected_copies": self.drops.rejected_copies,
             "epoch_floor": self._epoch_floor,
         }
 
@@ -483,14 +466,14 @@ class MessageCodec:
         except MessageRejected as exc:
             identity = _identity(raw, self.max_size)
             if identity in self._rejected:
-                self.rejected_copies += 1
+                self.drops.rejected_copies += 1
             else:
                 self._rejected[identity] = None
                 while len(self._rejected) > 4096:
                     self._rejected.popitem(last=False)
                 self.drops.record(exc.reason, now)
             raise
-        self.accepted += 1
+        self.drops.accepted += 1
         return msg
 
     def _decode(self, data: bytes) -> ControlMessage:

@@ -1,15 +1,17 @@
 """Prometheus exporter for :class:`~cachering.cluster.Cluster` metrics (``cachering[prometheus]``).
 
-The collector reads ``cluster.metrics()`` at scrape time (nothing is updated on the hot
-path) and exposes the snapshot under conventional names (see :mod:`cachering.metrics`):
-``cachering_operations_total{op}``, ``cachering_hits_total``, ``cachering_misses_total``,
-``cachering_node_errors_total{node}``, ``cachering_replication_queue_depth``,
-``cachering_replica_writes_total{outcome}`` and so on. When the cluster has a
-``status()`` (the failover layer), leader, epoch, topology, node states and latencies,
-and control messages accepted and dropped by reason are exported too
-(``cachering_is_leader``, ``cachering_node_state{node,state}``,
-``cachering_control_messages_dropped_total{reason}``, ...). Every sample carries a
-``manager`` label (the cluster's manager id), so several clusters can share one registry.
+At each scrape the collector asks every cluster for :meth:`Cluster.snapshot()
+<cachering.cluster.Cluster.snapshot>`: its ``metrics()`` and ``status()`` taken on the
+cluster's own event loop (nothing is updated on the hot path, and no loop state is read
+from the scrape thread). The samples come from the one table in :mod:`cachering.metrics`,
+so every family is declared once, counters are typed ``counter`` with ``_total``, and
+every family exists from the first scrape: ``cachering_operations_total{op}``,
+``cachering_node_errors_total{node}``, ``cachering_replica_writes_total{outcome}``,
+``cachering_is_leader``, ``cachering_node_state{node,state}``,
+``cachering_control_messages_dropped_total{reason}`` and the rest listed in
+``docs/operations.md``. Every sample carries a ``manager`` label (the cluster's manager
+id), so several clusters can share one registry. A cluster whose loop does not answer
+in time is served from its last snapshot.
 
 >>> from prometheus_client import CollectorRegistry            # doctest: +SKIP
 >>> registry = CollectorRegistry()                             # doctest: +SKIP
@@ -20,9 +22,8 @@ and control messages accepted and dropped by reason are exported too
 
 from __future__ import annotations
 
-import inspect
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from typing import Any, Protocol, cast
 
 try:
@@ -33,72 +34,81 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "cachering.prometheus needs prometheus-client: pip install 'cachering[prometheus]'"
     ) from exc
 
-from .errors import CacheringError
-from .metrics import Sample, samples, status_samples
+from .metrics import Metrics, Sample, Status, samples
 
 __all__ = ["CacheringCollector", "Exporter", "render", "serve"]
 
 
-class _HasMetrics(Protocol):
+class _HasSnapshot(Protocol):
     id: str
 
-    def metrics(self) -> dict[str, Any]: ...
+    def snapshot(self, timeout: float = ...) -> tuple[Metrics, Status]: ...
 
 
 class CacheringCollector:
-    """A prometheus-client collector over one or more clusters' ``metrics()`` snapshots."""
+    """A prometheus-client collector over one or more clusters' snapshots.
 
-    def __init__(self, clusters: _HasMetrics | Iterable[_HasMetrics]) -> None:
-        if callable(getattr(clusters, "metrics", None)):
-            self._clusters: list[_HasMetrics] = [cast(_HasMetrics, clusters)]
+    ``timeout``: how long a scrape waits for a cluster's loop before it serves that
+    cluster's last snapshot.
+    """
+
+    def __init__(
+        self, clusters: _HasSnapshot | Iterable[_HasSnapshot], *, timeout: float = 5.0
+    ) -> None:
+        if callable(getattr(clusters, "snapshot", None)):
+            self._clusters: list[_HasSnapshot] = [cast(_HasSnapshot, clusters)]
         else:
-            self._clusters = list(cast(Iterable[_HasMetrics], clusters))
+            self._clusters = list(cast(Iterable[_HasSnapshot], clusters))
         for c in self._clusters:
-            if not callable(getattr(c, "metrics", None)):
-                raise TypeError(f"expected objects with a metrics() method, got {c!r}")
+            if not callable(getattr(c, "snapshot", None)):
+                raise TypeError(f"expected objects with a snapshot() method, got {c!r}")
+        self.timeout = timeout
+        self._last: dict[int, tuple[Metrics, Status]] = {}
+
+    def _snapshot(self, cluster: _HasSnapshot) -> tuple[Metrics, Status] | None:
+        try:
+            snap = cluster.snapshot(self.timeout)
+        except (RuntimeError, TimeoutError):  # closed, or its loop is busy: the last one
+            return self._last.get(id(cluster))
+        self._last[id(cluster)] = snap
+        return snap
 
     def collect(self) -> Iterator[Metric]:
         """Build every metric family from fresh snapshots (called on each scrape)."""
         families: dict[str, Metric] = {}
         label_names: dict[str, list[str]] = {}
         for cluster in self._clusters:
+            snap = self._snapshot(cluster)
+            if snap is None:
+                continue
             manager = str(getattr(cluster, "id", ""))
-            for s in [*samples(cluster.metrics()), *_status_of(cluster)]:
+            for s in samples(*snap):
                 labels = {"manager": manager, **s.labels}
                 names = sorted(labels)
                 family = families.get(s.name)
                 if family is None:
-                    cls = CounterMetricFamily if s.kind == "counter" else GaugeMetricFamily
-                    family = families[s.name] = cls(s.name, s.help, labels=names)
+                    family = families[s.name] = _family(s, names)
                     label_names[s.name] = names
                 elif label_names[s.name] != names:
-                    continue  # every sample of a family must have the same label names
+                    raise ValueError(
+                        f"{s.name}: samples with labels {names} and {label_names[s.name]}"
+                    )
                 family.add_metric([labels[n] for n in names], s.value)  # type: ignore[attr-defined]
         yield from families.values()
 
     def describe(self) -> Iterator[Metric]:
-        """Nothing up front: the names depend on the snapshot (registered without a scrape)."""
+        """Nothing up front (registered without a scrape)."""
         return iter(())
 
 
-def _status_of(cluster: object) -> list[Sample]:
-    """Samples from ``cluster.status()`` when the cluster has one (the failover layer)."""
-    status = getattr(cluster, "status", None)
-    if not callable(status):
-        return []
-    try:
-        result = status()
-    except (RuntimeError, CacheringError):  # closed, or changed while read from this thread
-        return []
-    if inspect.isawaitable(result):
-        close = getattr(result, "close", None)
-        if callable(close):
-            close()  # an async status() cannot be awaited from the scrape thread
-        return []
-    return status_samples(result) if isinstance(result, Mapping) else []
+def _family(sample: Sample, labels: list[str]) -> Metric:
+    if sample.kind == "counter":
+        # prometheus-client adds the suffix itself to the exposed sample names
+        return CounterMetricFamily(sample.name.removesuffix("_total"), sample.help, labels=labels)
+    return GaugeMetricFamily(sample.name, sample.help, labels=labels)
 
 
-def render(clusters: _HasMetrics | Iterable[_HasMetrics]) -> bytes:
+def render(clusters: _HasSnapshot | Iterable[_HasSnapshot]) -> bytes:
     """The Prometheus text exposition of ``clusters``' metrics right now."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(CacheringCollector(clusters))
@@ -136,7 +146,7 @@ class Exporter:
 
 
 def serve(
-    clusters: _HasMetrics | Iterable[_HasMetrics], port: int = 9120, *, addr: str = "127.0.0.1"
+    clusters: _HasSnapshot | Iterable[_HasSnapshot], port: int = 9120, *, addr: str = "127.0.0.1"
 ) -> Exporter:
     """Serve ``clusters``' metrics on ``http://addr:port/metrics`` from a daemon thread.
 

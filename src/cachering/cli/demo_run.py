@@ -10,7 +10,6 @@ import contextlib
 import os
 import random
 import time
-from collections.abc import Awaitable
 from typing import Any
 
 import anyio
@@ -27,12 +26,6 @@ __all__ = ["run_demo"]
 
 
 # ------------------------------------------------------------------ the managers' view
-
-
-async def _maybe_await(value: Any) -> Any:
-    if isinstance(value, Awaitable):
-        return await value
-    return value
 
 
 def _short(value: object) -> str:
@@ -84,10 +77,9 @@ class _View:
             return
         for i, c in enumerate(self.clusters):
             try:
-                st = await _maybe_await(c.status())
+                self.statuses[i] = c.status().as_dict()
             except (CacheringError, RuntimeError):
-                st = None
-            self.statuses[i] = st if isinstance(st, dict) else None
+                self.statuses[i] = None
 
     def routes_around(self, c: Cluster, node: str) -> bool:
         """Whether manager ``c`` neither reads from ``node`` nor writes to it first."""

@@ -164,10 +164,20 @@ class Live:
         self._height = 0
 
 
+def _json_default(value: Any) -> Any:
+    """Snapshots (``metrics()``, ``status()``) as their ``as_dict()``; anything else as text."""
+    as_dict = getattr(value, "as_dict", None)
+    return as_dict() if callable(as_dict) else str(value)
+
+
 def print_json(data: Any, stream: TextIO | None = None) -> None:
-    """Write ``data`` as indented, key-sorted JSON followed by a newline."""
+    """Write ``data`` as indented, key-sorted JSON followed by a newline.
+
+    Objects with an ``as_dict()`` method (:class:`~cachering.metrics.Metrics`,
+    :class:`~cachering.metrics.Status`) are written as that dict.
+    """
     out = stream if stream is not None else sys.stdout
-    out.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    out.write(json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
     out.flush()
 
 

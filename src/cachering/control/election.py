@@ -36,6 +36,7 @@ from anyio.abc import TaskStatus
 from ..errors import NodeUnavailable, ResponseError
 from ..events import EventBus, LeaderChanged
 from ..messages import MAX_EPOCH, epoch_in_range
+from ..metrics import ElectionCounters
 from ..resp.pool import Pool
 from ..resp.script import Script
 from .scripts import (
@@ -180,19 +181,8 @@ class Election:
         self._seed_wanted = True
         self._seed_retry_at = 0.0
         self._wake = anyio.Event()
-        self.stats: dict[str, int] = {
-            "campaigns": 0,
-            "won": 0,
-            "step_downs": 0,
-            "renewals": 0,
-            "renewal_misses": 0,
-            "late_or_failed_replies": 0,
-            "seeded": 0,
-            "new_terms": 0,
-            "bad_replies": 0,
-            "epochs_refused": 0,
-            "epochs_exhausted": 0,
-        }
+        self.stats = ElectionCounters()
+        """What the election counts (declared in :mod:`cachering.metrics`)."""
         self._logged: set[str] = set()
 
     # ------------------------------------------------------------------ observations
@@ -200,7 +190,7 @@ class Election:
     def note_bad_reply(self, node: str, exc: Exception) -> None:
         """A node answered a control call with something that does not fit: counted, logged
         (once per node), and otherwise ignored."""
-        self.stats["bad_replies"] += 1
+        self.stats.bad_replies += 1
         if self._first(node):
             logger.warning("cachering: ignoring a bad control reply from %s: %s", node, exc)
 
@@ -216,7 +206,7 @@ class Election:
         refusal is counted (``epochs_refused``) and logged once per ``source``."""
         if epoch_in_range(epoch):
             return True
-        self.stats["epochs_refused"] += 1
+        self.stats.epochs_refused += 1
         if self._first(source):
             logger.warning("cachering: refusing epoch %.40r from %s", epoch, source)
         return False
@@ -332,7 +322,7 @@ class Election:
                 raise
 
         replies = await fan_out(self.voters, vote, self.round_timeout)
-        self.stats["late_or_failed_replies"] += sum(1 for r in replies.values() if r is None)
+        self.stats.late_or_failed_replies += sum(1 for r in replies.values() if r is None)
         return replies
 
     def _learn(self, replies: Mapping[str, VoteReply | None], own: int) -> int:
@@ -348,7 +338,7 @@ class Election:
         return higher
 
     async def _campaign(self) -> None:
-        self.stats["campaigns"] += 1
+        self.stats.campaigns += 1
         if self.leader is not None:
             self.leader = None  # silent for too long: presumed gone
             self._publish(None, self.epoch, "no heartbeat from the leader")
@@ -372,7 +362,7 @@ class Election:
             backoff = self._rng.uniform(self.interval, max(self.interval, self.election_timeout))
             self._next_try = anyio.current_time() + backoff
             return
-        self.stats["won"] += 1
+        self.stats.won += 1
         self.is_leader = True
         self.leader = self.manager_id
         self._leader_epoch = epoch
@@ -403,7 +393,7 @@ class Election:
             self.observe_epoch(higher)
             return
         if granted >= self.majority:
-            self.stats["renewals"] += 1
+            self.stats.renewals += 1
             self._renew_failures = 0
             self.last_heard = anyio.current_time()
             reseeded = any(
@@ -415,7 +405,7 @@ class Election:
             if self._announce is not None and self.is_leader:
                 await self._announce(self.epoch)
             return
-        self.stats["renewal_misses"] += 1
+        self.stats.renewal_misses += 1
         self._renew_failures += 1
         if self._renew_failures >= self.failure_threshold:
             self._step_down(f"no majority for {self._renew_failures} renewals")
@@ -437,7 +427,7 @@ class Election:
         granted = sum(1 for r in replies.values() if r is not None and r.granted)
         if granted < self.majority:
             return  # the next renewals decide (nodes that granted ``new`` now refuse ``epoch``)
-        self.stats["new_terms"] += 1
+        self.stats.new_terms += 1
         self.epoch = self._leader_epoch = new
         self.last_heard = anyio.current_time()
         self._publish(self.manager_id, new, "new term to count re-seeded nodes")
@@ -446,7 +436,7 @@ class Election:
 
     def _exhausted(self) -> None:
         # Only reachable if an epoch just below the top was accepted: no crash, no campaign.
-        self.stats["epochs_exhausted"] += 1
+        self.stats.epochs_exhausted += 1
         if self._first("exhausted"):
             logger.error("cachering: epoch %d is the last one; no further election", self.epoch)
         self._next_try = anyio.current_time() + self._timeout_with_jitter()
@@ -455,7 +445,7 @@ class Election:
         epoch = self.epoch
         self.is_leader = False
         self.leader = None
-        self.stats["step_downs"] += 1
+        self.stats.step_downs += 1
         self._next_try = anyio.current_time() + self._timeout_with_jitter()
         self._publish(None, epoch, f"{self.manager_id} stepped down: {reason}")
         if self._on_stepped_down is not None:
@@ -530,7 +520,7 @@ class Election:
             self._seed_wanted = True
             return
         if reply.ready:
-            self.stats["seeded"] += reply.status in ("SEEDED", "RAISED")
+            self.stats.seeded += reply.status in ("SEEDED", "RAISED")
             if reply.epoch is not None:
                 self.observe_epoch(reply.epoch)
         else:
@@ -545,12 +535,11 @@ class Election:
                         self.observe_epoch(e)
 
     def status(self) -> dict[str, Any]:
-        """Leader, epoch, whether this manager leads, and counters."""
+        """Leader, epoch, whether this manager leads, voters and majority."""
         return {
             "leader": self.leader,
             "epoch": self.epoch,
             "is_leader": self.is_leader,
             "voters": list(self.voters),
             "majority": self.majority,
-            **self.stats,
         }

@@ -20,6 +20,7 @@ from ..config import ClusterConfig
 from ..errors import CacheringError, NodeUnavailable, NotLeader
 from ..events import EventBus, HintsReplayed
 from ..messages import MessageKind
+from ..metrics import ControlCounters
 from ..node import NodeSpec
 from ..repair.hints import (
     clear_node,
@@ -62,7 +63,7 @@ class ControlHost(Protocol):
     round_timeout: float
     topology: Topology
     bus: EventBus
-    counters: dict[str, int]
+    counters: ControlCounters
     health: HealthMonitor
     election: Election
     _pools: dict[str, Pool]
@@ -156,7 +157,7 @@ class LeaderDuties:
             try:
                 topology = change(self.host.topology)
             except ValueError as exc:  # e.g. no version left after an adopted top version
-                self.host.counters["topology_commit_failures"] += 1
+                self.host.counters.topology_commit_failures += 1
                 logger.error("cachering: cannot build the next topology: %s", exc)
                 return None
             if topology.epoch != self.host.epoch:
@@ -171,18 +172,18 @@ class LeaderDuties:
                 if r is None:
                     continue
                 if r.status == "STALE_EPOCH" or r.status == "CONFLICT":
-                    self.host.counters["topology_writes_refused"] += 1
+                    self.host.counters.topology_writes_refused += 1
                 for e in (r.node_epoch, r.stored_epoch):
                     if e is not None and e > topology.epoch:
                         newer = max(newer, e)
             if newer:
                 self.host.election.observe_epoch(newer)  # steps down
-                self.host.counters["topology_commit_failures"] += 1
+                self.host.counters.topology_commit_failures += 1
                 return None
             if holds < self.host.majority or not self.host.is_leader:
-                self.host.counters["topology_commit_failures"] += 1
+                self.host.counters.topology_commit_failures += 1
                 return None
-            self.host.counters["topology_commits"] += 1
+            self.host.counters.topology_commits += 1
             self.host._adopt(topology, "commit")
         with anyio.move_on_after(self.host.round_timeout * 2):
             await self.host._send("topology", topology.epoch, {"topology": topology.to_dict()})
@@ -322,7 +323,7 @@ class LeaderDuties:
         except (NodeUnavailable, OSError, CacheringError):
             return False
         self.empty.add(node)
-        self.host.counters["keys_cleared"] += cleared
+        self.host.counters.keys_cleared += cleared
         self.host.bus.publish(HintsReplayed(node=node, keys=0, cleared=True))
         return True
 
@@ -364,7 +365,7 @@ class LeaderDuties:
                 hint_limit=self.host.config.hint_limit,
                 timeout=max(timeout, 1.0),
             )
-            self.host.counters["keys_resynced"] += synced.replayed
+            self.host.counters.keys_resynced += synced.replayed
             if not synced.complete:
                 return "retry"
             self.empty.discard(node)
@@ -379,9 +380,9 @@ class LeaderDuties:
             hint_limit=self.host.config.hint_limit,
             timeout=timeout,
         )
-        self.host.counters["repairs"] += 1
-        self.host.counters["hints_replayed"] += result.replayed
-        self.host.counters["stand_in_copies_dropped"] += result.dropped
+        self.host.counters.repairs += 1
+        self.host.counters.hints_replayed += result.replayed
+        self.host.counters.stand_in_copies_dropped += result.dropped
         if result.replayed or result.deleted:
             self.host.bus.publish(HintsReplayed(node=node, keys=result.replayed, cleared=False))
         return "done" if result.complete else "retry"
@@ -414,12 +415,12 @@ class LeaderDuties:
             hint_limit=self.host.config.hint_limit,
             timeout=max(self.host.config.timeout, self.host.round_timeout, 1.0),
         )
-        self.host.counters["anti_entropy_repaired"] += result.repaired
-        self.host.counters["stand_in_copies_dropped"] += result.dropped
+        self.host.counters.anti_entropy_repaired += result.repaired
+        self.host.counters.stand_in_copies_dropped += result.dropped
         if result.complete:
-            self.host.counters["anti_entropy_sweeps"] += 1
+            self.host.counters.anti_entropy_sweeps += 1
         else:
-            self.host.counters["anti_entropy_incomplete"] += 1
+            self.host.counters.anti_entropy_incomplete += 1
         self.last_sweep = result
         return result
 
@@ -461,8 +462,8 @@ class LeaderDuties:
                 hint_limit=self.host.config.hint_limit,
                 timeout=max(self.host.config.timeout, self.host.round_timeout),
             )
-            self.host.counters["hints_replayed"] += result.replayed
-            self.host.counters["stand_in_copies_dropped"] += result.dropped
+            self.host.counters.hints_replayed += result.replayed
+            self.host.counters.stand_in_copies_dropped += result.dropped
         finally:
             if self.repairs.get(node) == "draining":
                 del self.repairs[node]
@@ -520,7 +521,7 @@ class LeaderDuties:
                 hint_limit=self.host.config.hint_limit,
                 timeout=timeout,
             )
-            self.host.counters["keys_resynced"] += result.replayed
+            self.host.counters.keys_resynced += result.replayed
 
     async def set_weight(self, node_id: str, weight: float) -> Topology:
         """Change a node's weight; leader only."""

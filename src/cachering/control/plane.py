@@ -49,6 +49,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import anyio
+import attrs
 from anyio.abc import TaskGroup, TaskStatus
 
 from ..config import ClusterConfig
@@ -64,6 +65,7 @@ from ..events import (
     TopologyChanged,
 )
 from ..messages import ControlMessage, Keyring, MessageCodec, MessageKind, MessageRejected
+from ..metrics import ControlCounters, NodeStatus, Status, TopologyStamp
 from ..node import NodeSpec
 from ..repair.hints import hint_holders
 from ..repair.sweep import SweepResult
@@ -153,24 +155,8 @@ class ControlPlane:
         self._reread = anyio.Event()
         self._reported: dict[str, float] = {}
         self._noted: dict[str, float] = {}  # nodes with hints pending -> when first noted
-        self.counters: dict[str, int] = {
-            "topology_commits": 0,
-            "topology_commit_failures": 0,
-            "topology_writes_refused": 0,
-            "topology_adopted": 0,
-            "messages_sent": 0,
-            "messages_duplicate": 0,
-            "subscriber_gaps": 0,
-            "rereads": 0,
-            "repairs": 0,
-            "hints_replayed": 0,
-            "stand_in_copies_dropped": 0,
-            "keys_cleared": 0,
-            "keys_resynced": 0,
-            "anti_entropy_sweeps": 0,
-            "anti_entropy_incomplete": 0,
-            "anti_entropy_repaired": 0,
-        }
+        self.counters = ControlCounters()
+        """What the control plane counts (declared in :mod:`cachering.metrics`)."""
         # the leader's work: topology commits, repair, anti-entropy, membership
         self._duties = LeaderDuties(self)
         self.ready = anyio.Event()
@@ -285,7 +271,7 @@ class ControlPlane:
             await pools[node].execute("PUBLISH", self.keys.channel, data)
 
         await fan_out(list(pools), publish, self.round_timeout)
-        self.counters["messages_sent"] += 1
+        self.counters.messages_sent += 1
 
     def _listen(self, node: str) -> None:
         if self._tg is None or node in self._listeners:
@@ -312,7 +298,7 @@ class ControlPlane:
                     if message.kind == "gap":
                         # Messages may be lost: a restart, a cut, or Redis closing a
                         # subscriber past its pub/sub output buffer limit.
-                        self.counters["subscriber_gaps"] += 1
+                        self.counters.subscriber_gaps += 1
                         logger.warning("cachering: control channel on %s reconnected", node)
                         self._reread.set()
                     else:
@@ -325,7 +311,7 @@ class ControlPlane:
         if seen is not None and node not in seen:
             # The same message published to another node: a copy, not a replay.
             seen.add(node)
-            self.counters["messages_duplicate"] += 1
+            self.counters.messages_duplicate += 1
             return
         if seen is None:
             self._wire_seen[digest] = {node}
@@ -379,7 +365,7 @@ class ControlPlane:
         if not topology.newer_than(old):
             return False
         self.topology = topology
-        self.counters["topology_adopted"] += 1
+        self.counters.topology_adopted += 1
         self.codec.observe_epoch(topology.epoch)
         for node in topology.ids:
             if node not in self._specs:
@@ -433,7 +419,7 @@ class ControlPlane:
 
     async def _refresh(self, source: str) -> None:
         """Read every node; adopt the newest valid topology; a leader repairs stale copies."""
-        self.counters["rereads"] += 1
+        self.counters.rereads += 1
         pools = self._watched_pools()
         states = await read_states(
             pools, pools, self.keys, self.round_timeout, self.election.note_bad_reply
@@ -575,30 +561,35 @@ class ControlPlane:
 
     # ------------------------------------------------------------------ status
 
-    def status(self) -> dict[str, Any]:
-        """Nodes (state and health), leader, epoch, topology stamp, message counters."""
+    def status(self) -> Status:
+        """Nodes (state and health), leader, epoch, topology stamp, message counters.
+
+        Reads the loop's clock: call it on the event loop (the Prometheus exporter goes
+        through :meth:`Cluster.snapshot() <cachering.cluster.Cluster.snapshot>`).
+        """
         now = anyio.current_time()
-        nodes: dict[str, Any] = {}
-        for tnode in self.topology.nodes:
-            rec = self.health.health(tnode.id)
-            nodes[tnode.id] = {"state": tnode.state, "weight": tnode.weight, **rec.to_dict(now)}
-        codec = self.codec.status()
-        return {
-            "manager": self.id,
-            "leader": self.leader,
-            "is_leader": self.is_leader,
-            "epoch": self.epoch,
-            "topology": {
-                "epoch": self.topology.epoch,
-                "version": self.topology.version,
-                "leader": self.topology.leader,
-            },
-            "nodes": nodes,
-            "messages": codec,
-            "messages_dropped": codec["dropped"],
-            "secret_configured": self.codec.signed,
-            "warnings": [] if self.codec.signed else ["no secret: control messages are unsigned"],
-            "election": self.election.status(),
-            "counters": dict(self.counters),
-            "events_published": self.bus.published,
+        nodes = {
+            tnode.id: NodeStatus(
+                state=tnode.state,
+                weight=tnode.weight,
+                **self.health.health(tnode.id).to_dict(now),
+            )
+            for tnode in self.topology.nodes
         }
+        codec = self.codec
+        topology = self.topology
+        return Status(
+            manager=self.id,
+            leader=self.leader,
+            control_plane=True,
+            topology=TopologyStamp(topology.epoch, topology.version, topology.leader),
+            nodes=nodes,
+            is_leader=self.is_leader,
+            epoch=self.epoch,
+            secret_configured=codec.signed,
+            messages=attrs.evolve(codec.drops, dropped=codec.drops.snapshot()),
+            signing={k: v for k, v in codec.status().items() if k not in ("accepted", "dropped")},
+            election=self.election.status(),
+            warnings=() if codec.signed else ("no secret: control messages are unsigned",),
+            events_published=self.bus.published,
+        )

@@ -24,11 +24,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import anyio
-import attrs
 from anyio.abc import TaskStatus
 
 from ..errors import NodeUnavailable, ResponseError, raise_sole_cause
 from ..messages import ControlMessage, MessageCodec, MessageRejected
+from ..metrics import NearCacheCounters
 from ..node import NodeSpec
 from ..resp.pool import Pool
 from ._burst import BurstLog
@@ -38,7 +38,6 @@ __all__ = [
     "InvalidationPublisher",
     "InvalidationSubscriber",
     "NearCache",
-    "NearCacheStats",
 ]
 
 logger = logging.getLogger("cachering.data.nearcache")
@@ -46,19 +45,6 @@ logger = logging.getLogger("cachering.data.nearcache")
 _ENVELOPE = 512  # room for the signed header and the JSON around the key list
 _MISSING = object()
 _WATCH_INTERVAL = 0.05  # how often the subscriber checks that its node is still trusted
-
-
-@attrs.define
-class NearCacheStats:
-    """Counters of the near cache."""
-
-    hits: int = 0
-    misses: int = 0
-    invalidated: int = 0
-    clears: int = 0
-    messages_sent: int = 0
-    messages_received: int = 0
-    messages_dropped: int = 0
 
 
 class NearCache:
@@ -69,7 +55,7 @@ class NearCache:
         self._ttl = ttl
         self._clock = clock
         self._data: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
-        self.stats = NearCacheStats()
+        self.stats = NearCacheCounters()
         self.generation = 0
         """Bumped by every invalidation and clear; see :meth:`put`."""
 
@@ -204,7 +190,7 @@ class InvalidationPublisher:
         codec: InvalidationCodec,
         interval: float,
         timeout: float,
-        stats: NearCacheStats,
+        stats: NearCacheCounters,
         limit: int = 100_000,
     ) -> None:
         self._pools = pools

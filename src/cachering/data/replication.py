@@ -30,34 +30,19 @@ import attrs
 from anyio.abc import TaskStatus
 
 from ..errors import NodeUnavailable, ResponseError
+from ..metrics import SyncCounters
 from ..resp.pool import Pool
 from ..resp.script import Script
 from ._burst import BurstLog
 from .routing import each_node
 from .scripts import apply_args, apply_mode, entry_args, hint_keys
 
-__all__ = ["Entry", "SyncStats", "Synchronizer"]
+__all__ = ["Entry", "Synchronizer"]
 
 logger = logging.getLogger("cachering.data.replication")
 
 Entry = tuple[bytes, bytes, int]
 """(Redis key, stored value, absolute expiry in ms or 0)."""
-
-
-@attrs.define
-class SyncStats:
-    """Counters of the synchronizer (plain ints, read by ``Cluster.metrics``)."""
-
-    submitted: int = 0
-    applied: int = 0
-    stale: int = 0
-    dropped: int = 0
-    batches: int = 0
-    flushes: int = 0
-    hints_recorded: int = 0
-    hints_lost: int = 0
-    abandoned: int = 0
-    inline: int = 0
 
 
 @attrs.define
@@ -95,7 +80,8 @@ class Synchronizer:
         self._hint_limit = hint_limit
         self._timeout = timeout
         self._on_failure = on_failure
-        self.stats = SyncStats()
+        self.stats = SyncCounters()
+        """What this synchronizer counts (declared in :mod:`cachering.metrics`)."""
         self.unexpected = BurstLog(logger, "replica synchronizer")
         """Logs exceptions the synchronizer did not expect (the writes are counted as drops)."""
         self._pending: dict[str, list[_Chunk]] = defaultdict(list)

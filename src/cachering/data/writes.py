@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 from ..config import ClusterConfig, Consistency
 from ..errors import ConsistencyError, NodeUnavailable, ResponseError
+from ..metrics import CallCounters
 from ..resp import Pool
 from ..ring import Ring
 from . import values
@@ -124,9 +125,7 @@ class Writes:
         clock: values.HybridClock,
         *,
         on_failure: Callable[[str], None],
-        ops: dict[str, int],
-        errors: dict[str, int],
-        counts: dict[str, int],
+        counters: CallCounters,
     ) -> None:
         self.config = config
         self.router = router
@@ -134,9 +133,9 @@ class Writes:
         self._clock = clock
         self._prefix = f"{config.namespace}:k:".encode()
         self._on_failure = on_failure
-        self._ops = ops
-        self._errors = errors
-        self._counts = counts
+        self._counters = counters
+        self._ops = counters.ops
+        self._errors = counters.errors
         self.sync: Synchronizer | None = None
         """Sends replica writes in batches (set once the cluster is open)."""
         self.near: NearCache | None = None
@@ -491,7 +490,7 @@ class Writes:
                 acknowledged=got,
                 required=required,
             )
-        self._counts["hints_recorded"] += sum(len(h) for h in hinted.values())
+        self._counters.hints_recorded += sum(len(h) for h in hinted.values())
         if avoid:
             await self._hint_failed(raws, acked, hinted, avoid)
         await self._after_write(raws, rkeys, stored, pxat, plans, acked, level)
@@ -535,9 +534,9 @@ class Writes:
             try:
                 await self._pools[holder].run_script(APPLY, keys, argv)
             except (NodeUnavailable, ResponseError):
-                self._counts["hints_lost"] += sum(len(m) for m in missed.values())
+                self._counters.hints_lost += sum(len(m) for m in missed.values())
             else:
-                self._counts["hints_recorded"] += sum(len(m) for m in missed.values())
+                self._counters.hints_recorded += sum(len(m) for m in missed.values())
 
     async def _after_write(
         self,
