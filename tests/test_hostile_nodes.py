@@ -74,7 +74,7 @@ async def test_wrong_shaped_replies_crash_nothing_and_claim_no_hints(
             await _beats(cluster, 5)
             assert not cluster.control.lagging & real
             assert await cluster.get_many(keys) == [k.encode() for k in keys]
-            status = cluster.status()
+            status = cluster.status().as_dict()
             assert status["nodes"]["g"]["suspect"]
             assert status["nodes"]["g"]["garbled"]
             assert status["nodes"]["g"]["bad_replies"] > 0

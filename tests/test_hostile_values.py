@@ -61,14 +61,14 @@ async def test_bad_epoch_in_a_node_key(local: LocalCluster, value: str, request:
         planes = [await m.start(config, f"new{i}") for i in range(2)]
         lead = await m.wait_leader()
         assert 0 < lead.epoch < MAX_EPOCH
-        await m.until(lambda: sum(p.status()["election"]["bad_replies"] for p in planes) > 0)
+        await m.until(lambda: sum(p.election.stats.bad_replies for p in planes) > 0)
         # Another election after the leader's death proceeds with the valid nodes.
         m.kill(lead.id)
         late = await m.start(config, "late")
         second = await m.wait_leader()
         assert second.id != lead.id
         assert second.epoch > lead.epoch
-        assert late.status()["election"]["epochs_exhausted"] == 0
+        assert late.election.stats.epochs_exhausted == 0
     assert not m.leaders or all(len(ids) == 1 for ids in m.leaders.values())
 
 
@@ -91,9 +91,9 @@ async def test_unsigned_leader_message_with_the_top_epoch(
                 client.publish(f"{ns}:ctl", data)
             finally:
                 client.close()
-        await m.until(lambda: all(p.status()["election"]["epochs_refused"] > 0 for p in planes))
+        await m.until(lambda: all(p.election.stats.epochs_refused > 0 for p in planes))
         assert all(p.epoch < MAX_EPOCH and p.leader != "mallory" for p in planes)
-        assert all(p.status()["messages_dropped"]["malformed"] > 0 for p in planes)
+        assert all(p.status().as_dict()["messages_dropped"]["malformed"] > 0 for p in planes)
         m.kill(lead.id)
         second = await m.wait_leader()
         assert second.epoch > lead.epoch
@@ -123,11 +123,15 @@ async def test_a_rejected_message_counts_once_however_many_nodes_deliver_it(
                 client.close()
 
         def seen(plane: ControlPlane) -> int:
-            messages = plane.status()["messages"]
+            messages = plane.status().as_dict()["messages"]
             return int(messages["dropped"]["unsigned"] + messages.get("rejected_copies", 0))
 
         await m.until(lambda: all(seen(p) == 60 for p in planes))
-        assert [p.status()["messages_dropped"]["unsigned"] for p in planes] == [20, 20, 20]
+        assert [p.status().as_dict()["messages_dropped"]["unsigned"] for p in planes] == [
+            20,
+            20,
+            20,
+        ]
 
 
 async def test_a_subscriber_cut_off_by_the_output_buffer_limit_is_counted(
@@ -142,12 +146,12 @@ async def test_a_subscriber_cut_off_by_the_output_buffer_limit_is_counted(
         async with managers() as m:
             plane = await m.start(config, "m0")
             await m.wait_leader()
-            assert plane.counters["subscriber_gaps"] == 0
+            assert plane.counters.subscriber_gaps == 0
             client.config_set("client-output-buffer-limit", "pubsub 65536 0 0")
             # More than the limit in one publish: Redis closes every subscriber on the node.
             assert client.publish(f"{ns}:ctl", b"x" * 200_000) >= 1
-            await m.until(lambda: plane.counters["subscriber_gaps"] >= 1)
-            assert plane.status()["counters"]["subscriber_gaps"] >= 1
+            await m.until(lambda: plane.counters.subscriber_gaps >= 1)
+            assert plane.counters.subscriber_gaps >= 1
             assert plane.is_leader
     finally:
         client.config_set("client-output-buffer-limit", old)
@@ -188,6 +192,6 @@ async def test_a_topology_at_the_top_version_stops_commits_not_managers(
             await m.until(lambda: lead.topology.node("n2").state == "down")
         finally:
             local.restart(2)
-        await m.until(lambda: lead.counters["topology_commit_failures"] > 0)
+        await m.until(lambda: lead.counters.topology_commit_failures > 0)
         assert lead.is_leader
         assert all(p.topology.version == MAX_STAMP for p in planes if p.topology.leader == lead.id)

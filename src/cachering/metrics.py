@@ -424,6 +424,14 @@ class NodeStatus:
     memory: int | None = None
     clients: int | None = None
     role: str | None = None
+    garbled: bool = gauge(
+        "cachering_node_garbled",
+        "1 while the node's replies do not fit the protocol (its word about others ignored).",
+        default=False,
+    )
+    bad_replies: int = counter(
+        "cachering_node_bad_replies", "Replies from the node that did not fit what was asked."
+    )
 
 
 @attrs.frozen
@@ -463,6 +471,7 @@ class Status:
             **self.signing,
             "accepted": self.messages.accepted,
             "dropped": dict(self.messages.dropped),
+            "rejected_copies": self.messages.rejected_copies,
         }
         return {
             "manager": self.manager,
