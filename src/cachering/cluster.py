@@ -36,6 +36,7 @@ from .config import ClusterConfig, Consistency
 from .control.plane import ControlPlane
 from .control.topology import Topology
 from .data import values
+from .data.keys import data_prefix, invalidation_channel
 from .data.nearcache import (
     InvalidationCodec,
     InvalidationPublisher,
@@ -56,15 +57,6 @@ from .resp import Pool, PubSub
 __all__ = ["Cluster"]
 
 
-def _user_values(replies: list[bytes | None]) -> list[bytes | None]:
-    """:func:`values.user_bytes` of every reply, inlined for speed (the get_many hot path)."""
-    size, fmt = values.HEADER_SIZE, values.FORMAT
-    return [
-        r[size:] if r is not None and len(r) >= size and r[0] == fmt and not r[17] & 1 else None
-        for r in replies
-    ]
-
-
 class Cluster:
     """A sharded, replicated cache over the nodes of ``config``; use ``async with``."""
 
@@ -77,7 +69,7 @@ class Cluster:
         self.id = config.manager_id or self.instance.hex()
         """Manager id: ``config.manager_id`` or random."""
         self._clock = values.HybridClock(self.instance[:8])
-        self._prefix = f"{config.namespace}:k:".encode()
+        self._prefix = data_prefix(config.namespace)
         self.router = Router(config, clock=anyio.current_time)
         """Routing state; the failover layer swaps rings and marks nodes through it."""
         self._pools: dict[str, Pool] = {}
@@ -95,16 +87,7 @@ class Cluster:
         self.control: ControlPlane | None = None
         """The failover layer (None when ``config.control_plane`` is off)."""
         self._health_marked: frozenset[str] = frozenset()
-        self._writes = Writes(
-            config,
-            self.router,
-            self._pools,
-            self._clock,
-            on_failure=self._failed,
-            ops=self._ops,
-            errors=self._errors,
-            counts=self._counts,
-        )
+        self._writes: Writes  # built complete in __aenter__, used only while open
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -128,8 +111,7 @@ class Cluster:
             timeout=c.timeout,
             on_failure=self._failed,
         )
-        self._writes.sync = self._sync
-        channel = f"{c.namespace}:inval".encode()
+        channel = invalidation_channel(c.namespace)
         keyring = None
         if c.secret is not None:
             keyring = Keyring(dict(c.secret), active=c.secret[0][0])
@@ -146,11 +128,9 @@ class Cluster:
                 timeout=c.timeout,
                 stats=self._near_stats,
             )
-            self._writes.publisher = self._publisher
         if c.near_cache_size:
             self._near = NearCache(c.near_cache_size, c.near_cache_ttl, clock=anyio.current_time)
             self._near.stats = self._near_stats
-            self._writes.near = self._near
             self._subscriber = InvalidationSubscriber(
                 self._near,
                 c.nodes,
@@ -161,6 +141,24 @@ class Cluster:
                 on_failure=self._failed,
                 pubsub_factory=lambda spec: PubSub(spec, connect_timeout=c.connect_timeout),
             )
+        if c.control_plane:
+            self.control = ControlPlane(
+                c, manager_id=self.id, bus=self._bus, on_change=self._route_by_topology
+            )
+        self._writes = Writes(
+            c,
+            self.router,
+            self._pools,
+            self._clock,
+            self._sync,
+            on_failure=self._failed,
+            ops=self._ops,
+            errors=self._errors,
+            counts=self._counts,
+            near=self._near,
+            publisher=self._publisher,
+            note_hinted=self.control.note_hinted if self.control is not None else None,
+        )
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         try:
@@ -169,11 +167,7 @@ class Cluster:
                 await self._tg.start(self._publisher.run)
             if self._subscriber is not None:
                 await self._tg.start(self._subscriber.run)
-            if c.control_plane:
-                self.control = ControlPlane(
-                    c, manager_id=self.id, bus=self._bus, on_change=self._route_by_topology
-                )
-                self._writes.note_hinted = self.control.note_hinted
+            if self.control is not None:
                 await self._tg.start(self.control.run)
         except BaseException as exc:
             self._tg.cancel_scope.cancel()
@@ -446,7 +440,7 @@ class Cluster:
                     return
                 user = values.user_bytes
                 if near is None:
-                    found.update(zip(batch, _user_values(replies), strict=True))
+                    found.update(zip(batch, values.user_values(replies), strict=True))
                     return
                 for raw, reply, pttl in zip(batch, replies, pttls, strict=True):
                     value = found[raw] = user(reply)

@@ -31,8 +31,9 @@ from anyio.abc import TaskStatus
 from ..errors import NodeUnavailable, ResponseError
 from ..resp.pool import Pool
 from ..resp.script import Script
+from .keys import data_prefix, hint_keys
 from .routing import each_node
-from .scripts import apply_args, apply_mode, entry_args, hint_keys
+from .scripts import apply_args, apply_argv
 
 __all__ = ["Entry", "SyncStats", "Synchronizer"]
 
@@ -84,7 +85,7 @@ class Synchronizer:
         self._pools = pools
         self._script = script
         self._namespace = namespace
-        self._prefix_len = len(f"{namespace}:k:".encode())
+        self._prefix_len = len(data_prefix(namespace))
         self._batch_size = batch_size
         self._interval = flush_interval
         self._queue_size = queue_size
@@ -273,24 +274,25 @@ class Synchronizer:
         for chunk in piece:
             command += chunk.keys
         command[2] = len(command) - 3
-        # One shared expiry when every chunk has the same one (the set_many hot path);
-        # otherwise one per key, which entry_args still sends shared if they all agree.
-        first = piece[0].pxat
-        # keys may repeat: not distinct
-        mode = apply_mode(False, chain.from_iterable(c.values for c in piece))
-        if isinstance(first, int) and all(c.pxat == first for c in piece):
-            command += (self._hint_limit, 0, mode, first)
-            for chunk in piece:
-                command += chunk.values
-            return command
-        values = list(chain.from_iterable(c.values for c in piece))
-        pxats = list(
-            chain.from_iterable(
-                [c.pxat] * len(c.keys) if isinstance(c.pxat, int) else c.pxat for c in piece
-            )
+        values = (
+            piece[0].values
+            if len(piece) == 1
+            else list(chain.from_iterable(c.values for c in piece))
         )
-        command += (self._hint_limit, 0, mode)
-        command += entry_args(values, pxats)
+        # One shared expiry when every chunk has the same one (the set_many hot path);
+        # otherwise one per key, which apply_argv still sends shared if they all agree.
+        first = piece[0].pxat
+        pxats: int | list[int]
+        if isinstance(first, int) and all(c.pxat == first for c in piece):
+            pxats = first
+        else:
+            pxats = list(
+                chain.from_iterable(
+                    [c.pxat] * len(c.keys) if isinstance(c.pxat, int) else c.pxat for c in piece
+                )
+            )
+        # keys may repeat: not distinct
+        command += apply_argv(values, pxats, hint_limit=self._hint_limit, distinct=False)
         return command
 
     async def _send_node(self, node: str, chunks: list[_Chunk]) -> None:

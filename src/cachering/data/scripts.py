@@ -13,7 +13,7 @@ Arguments::
 ``limit`` bounds each hint set; past it the overflow key is set to ``1`` instead. The
 expiry is absolute Unix milliseconds (``PXAT``), ``0`` for none: one ``expiry`` for every
 key of the call (what a ``set_many`` writes), or ``*`` and one ``pxat`` per key (what
-replica batches and repairs mix). With no keys, ``distinct`` and the expiry may be left
+replica batches and repairs mix). With no keys, ``mode`` and the expiry may be left
 out. The reply is a string with one character per key: ``0`` not applied (the stored copy
 is as new or newer), ``1`` applied, ``2`` applied over a live (non-tombstone) value.
 
@@ -36,6 +36,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from ..resp.script import Script
+from .keys import hint_keys
+from .values import HEADER_LUA
 
 __all__ = [
     "APPLY",
@@ -46,8 +48,8 @@ __all__ = [
     "LARGE_VALUE",
     "HintGroup",
     "apply_args",
+    "apply_argv",
     "apply_mode",
-    "entry_args",
     "hint_keys",
 ]
 
@@ -57,19 +59,21 @@ header alone (``GETRANGE``) rather than the whole copy, which is likely as large
 
 
 # The version comparison both scripts share.
-_NEWER = r"""
-local byte = string.byte
+_NEWER = (
+    HEADER_LUA
+    + r"""
 -- Whether the incoming value val is newer than the stored copy c (false if the copy is
 -- not in the format: a foreign value is overwritten), and whether c is live.
 local function newer(c, val)
-  if not (c and #c >= 18 and byte(c, 1) == 1) then
+  if not is_ours(c) then
     return true, false
   end
-  -- the version is bytes 2..17, big-endian: the first differing byte decides. The clock
-  -- (2..9) nearly always differs, so the writer id (10..17) is read only on a tie
-  local c1, c2, c3, c4, c5, c6, c7, c8 = byte(c, 2, 9)
-  local v1, v2, v3, v4, v5, v6, v7, v8 = byte(val, 2, 9)
-  local live = byte(c, 18) % 2 == 0
+  -- the version is big-endian: the first differing byte decides. The clock (its first 8
+  -- bytes) nearly always differs, so the writer id (the last 8) is read only on a tie
+  local f = VERSION_FIRST
+  local c1, c2, c3, c4, c5, c6, c7, c8 = byte(c, f, f + 7)
+  local v1, v2, v3, v4, v5, v6, v7, v8 = byte(val, f, f + 7)
+  local live = is_live(c)
   for half = 1, 2 do
     if v1 ~= c1 then return v1 > c1, live
     elseif v2 ~= c2 then return v2 > c2, live
@@ -80,13 +84,14 @@ local function newer(c, val)
     elseif v7 ~= c7 then return v7 > c7, live
     elseif v8 ~= c8 then return v8 > c8, live
     elseif half == 1 then
-      c1, c2, c3, c4, c5, c6, c7, c8 = byte(c, 10, 17)
-      v1, v2, v3, v4, v5, v6, v7, v8 = byte(val, 10, 17)
+      c1, c2, c3, c4, c5, c6, c7, c8 = byte(c, f + 8, VERSION_LAST)
+      v1, v2, v3, v4, v5, v6, v7, v8 = byte(val, f + 8, VERSION_LAST)
     end
   end
   return false, live -- the same version: keep the stored copy
 end
 """
+)
 
 APPLY_SOURCE = (
     _NEWER
@@ -120,7 +125,7 @@ local v = a + 1 - step
 -- Read all current copies with one MGET per 4000 keys (MGET answers false for a missing
 -- key and for a key of another type). When the caller says some incoming value is over
 -- 2 KiB, such a key has its copy's header read alone with GETRANGE instead ('' when
--- missing): MGET would copy a value that is likely as large into Lua for 18 bytes.
+-- missing): MGET would copy a value that is likely as large into Lua for a header.
 local cur = {}
 if not large then
   for s = 1, n, 4000 do
@@ -133,7 +138,7 @@ else
   local small, m = {}, 0
   for i = 1, n do
     if #ARGV[v + step * i] > LARGE_VALUE then
-      local c = redis.pcall('GETRANGE', KEYS[i], 0, 17)
+      local c = redis.pcall('GETRANGE', KEYS[i], 0, HEADER_SIZE - 1)
       cur[i] = type(c) == 'string' and c -- false for a key of another type
     else
       m = m + 1
@@ -215,7 +220,7 @@ local key, val, pxat = KEYS[1], ARGV[1], ARGV[2]
 local c
 if #val > LARGE_VALUE then
   -- the header alone, not a copy of what is likely as large (a missing key reads as '')
-  c = redis.pcall('GETRANGE', key, 0, 17)
+  c = redis.pcall('GETRANGE', key, 0, HEADER_SIZE - 1)
 else
   c = redis.pcall('GET', key) -- cheaper than GETRANGE for small values
 end
@@ -241,15 +246,8 @@ APPLY_ONE = Script(APPLY_ONE_SOURCE)
 
 
 HintGroup = tuple[bytes, bytes, Sequence[bytes]]
-"""(hint set key, overflow key, raw keys the missed node needs)."""
-
-
-def hint_keys(namespace: str, node_id: str) -> tuple[bytes, bytes]:
-    """The hint set key and overflow flag key for the node ``node_id``."""
-    return (
-        f"{namespace}:hint:{node_id}".encode(),
-        f"{namespace}:hintoverflow:{node_id}".encode(),
-    )
+"""(hint set key, overflow key, raw keys the missed node needs); see
+:func:`cachering.data.keys.hint_keys`."""
 
 
 EACH = b"*"
@@ -263,6 +261,44 @@ def apply_mode(distinct: bool, stored: Iterable[bytes]) -> int:
     return (1 if distinct else 0) + (2 if large else 0)
 
 
+def apply_argv(
+    stored: Sequence[bytes],
+    pxats: int | Sequence[int],
+    *,
+    hint_limit: int,
+    distinct: bool,
+    hints: Sequence[HintGroup] = (),
+) -> list[bytes | int]:
+    """``APPLY``'s ARGV: the hint groups, then the values ``stored`` (the caller's KEYS
+    are their Redis keys, in the same order) with one shared absolute expiry (an int) or
+    one per value (sent in the shared form when they agree).
+
+    ``distinct``: the caller knows that no key appears twice. Every caller of ``APPLY``
+    builds its arguments here."""
+    argv: list[bytes | int] = [hint_limit, len(hints)]
+    for hint_key, overflow_key, members in hints:
+        argv.append(hint_key)
+        argv.append(overflow_key)
+        argv.append(len(members))
+        argv.extend(members)
+    if not stored:
+        return argv
+    argv.append(apply_mode(distinct, stored))
+    if not isinstance(pxats, int):
+        first = pxats[0] if pxats else 0
+        if any(p != first for p in pxats):
+            n = len(argv)
+            argv.append(EACH)
+            argv += [EACH] * (2 * len(stored))
+            argv[n + 1 :: 2] = stored
+            argv[n + 2 :: 2] = pxats
+            return argv
+        pxats = first
+    argv.append(pxats)
+    argv.extend(stored)
+    return argv
+
+
 def apply_args(
     entries: Iterable[tuple[bytes, bytes, int]],
     *,
@@ -270,35 +306,13 @@ def apply_args(
     hints: Sequence[HintGroup] = (),
     distinct: bool = False,
 ) -> tuple[list[bytes], list[bytes | int]]:
-    """KEYS and ARGV for ``APPLY`` from ``(redis_key, stored_value, pxat)`` entries;
-    ``distinct``: the caller knows that no key appears twice."""
+    """KEYS and ARGV for ``APPLY`` from ``(redis_key, stored_value, pxat)`` entries
+    (:func:`apply_argv` of their values)."""
     keys: list[bytes] = []
-    argv: list[bytes | int] = [hint_limit, len(hints)]
-    for hint_key, overflow_key, members in hints:
-        argv.append(hint_key)
-        argv.append(overflow_key)
-        argv.append(len(members))
-        argv.extend(members)
     stored: list[bytes] = []
     pxats: list[int] = []
     for key, value, pxat in entries:
         keys.append(key)
         stored.append(value)
         pxats.append(pxat)
-    argv.append(apply_mode(distinct, stored))
-    argv.extend(entry_args(stored, pxats))
-    return keys, argv
-
-
-def entry_args(stored: list[bytes], pxats: int | Sequence[int]) -> list[bytes | int]:
-    """The ``expiry`` and value part of ``APPLY``'s ARGV for values ``stored`` with one
-    shared absolute expiry (an int) or one per value (the shared form when they agree)."""
-    if not isinstance(pxats, int):
-        first = pxats[0] if pxats else 0
-        if any(p != first for p in pxats):
-            out: list[bytes | int] = [EACH] * (1 + 2 * len(stored))
-            out[1::2] = stored
-            out[2::2] = pxats
-            return out
-        pxats = first
-    return [pxats, *stored]
+    return keys, apply_argv(stored, pxats, hint_limit=hint_limit, distinct=distinct, hints=hints)

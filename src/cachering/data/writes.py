@@ -24,10 +24,11 @@ from ..errors import ConsistencyError, NodeUnavailable, ResponseError
 from ..resp import Pool
 from ..ring import Ring
 from . import values
+from .keys import data_prefix, hint_keys
 from .nearcache import InvalidationPublisher, NearCache
 from .replication import Entry, Synchronizer
 from .routing import Router, each_node
-from .scripts import APPLY, APPLY_ONE, HintGroup, apply_args, apply_mode, hint_keys
+from .scripts import APPLY, APPLY_ONE, HintGroup, apply_args, apply_argv
 
 __all__ = ["TTL", "Items", "Key", "Value", "Writes", "key_bytes"]
 
@@ -113,37 +114,40 @@ class _Call:
 
 
 class Writes:
-    """Writes of one cluster; the cluster sets ``sync``, ``near``, ``publisher`` and
-    ``note_hinted`` as it starts the services they belong to."""
+    """Writes of one open cluster, built with every collaborator they use."""
 
     def __init__(
         self,
         config: ClusterConfig,
         router: Router,
-        pools: dict[str, Pool],
+        pools: Mapping[str, Pool],
         clock: values.HybridClock,
+        sync: Synchronizer,
         *,
         on_failure: Callable[[str], None],
         ops: dict[str, int],
         errors: dict[str, int],
         counts: dict[str, int],
+        near: NearCache | None = None,
+        publisher: InvalidationPublisher | None = None,
+        note_hinted: Callable[[Iterable[str]], None] | None = None,
     ) -> None:
         self.config = config
         self.router = router
         self._pools = pools
         self._clock = clock
-        self._prefix = f"{config.namespace}:k:".encode()
+        self._prefix = data_prefix(config.namespace)
         self._on_failure = on_failure
         self._ops = ops
         self._errors = errors
         self._counts = counts
-        self.sync: Synchronizer | None = None
-        """Sends replica writes in batches (set once the cluster is open)."""
-        self.near: NearCache | None = None
+        self.sync = sync
+        """Sends replica writes in batches."""
+        self.near = near
         """This manager's near cache, invalidated on every write (None: off)."""
-        self.publisher: InvalidationPublisher | None = None
+        self.publisher = publisher
         """Tells other managers' near caches what was written (None: off)."""
-        self.note_hinted: Callable[[Iterable[str]], None] | None = None
+        self.note_hinted = note_hinted
         """Called with the nodes a write recorded hints for (the control plane's)."""
 
     def set(
@@ -260,7 +264,6 @@ class Writes:
                 else:
                     self._announce((raw,))
                     if len(targets) > 1:
-                        assert self.sync is not None
                         for node in targets[1:]:
                             await self.sync.submit_values(
                                 node, [rkey], [stored], pxat, holder=primary
@@ -325,14 +328,13 @@ class Writes:
         retry_later: list[_Segment] = []
         limit = self.config.hint_limit
         sync = self.sync
-        mode = apply_mode(True, table.values())  # distinct: the keys come from a mapping
 
         async def send(node: str, call: _Call) -> None:
             nonlocal replaced
             try:
-                reply = await self._pools[node].run_script(
-                    APPLY, call.rkeys, [limit, 0, mode, pxat, *call.stored]
-                )
+                # distinct: the keys come from a mapping
+                argv = apply_argv(call.stored, pxat, hint_limit=limit, distinct=True)
+                reply = await self._pools[node].run_script(APPLY, call.rkeys, argv)
             except (NodeUnavailable, ResponseError) as exc:
                 if isinstance(exc, NodeUnavailable):
                     self._on_failure(node)
@@ -345,7 +347,6 @@ class Writes:
             own = len(call.members)
             replaced += reply.count(b"2", 0, own)
             if call.riders:
-                assert sync is not None
                 sync.record_inline(len(reply) - own, reply.count(b"0", own))
 
         await each_node(send, calls)
@@ -355,7 +356,6 @@ class Writes:
             retry = await self._write_general(failed, list(map(value_of, failed)), pxat, "one")
             replaced += retry.count(2)
         if later or retry_later:
-            assert sync is not None
             # riders of a failed call join the rest: the synchronizer tries their node
             # again and leaves hints on the primary if it fails
             for segment in (*later, *retry_later):
@@ -384,7 +384,6 @@ class Writes:
         plans = self.router.write_plans(raws)
         todo: Sequence[int] = range(n)
         limit = self.config.hint_limit
-        mode = apply_mode(True, stored)  # distinct: raws come from a mapping
         while True:
             calls: dict[str, list[int]] = defaultdict(list)
             any_missed = False
@@ -404,20 +403,18 @@ class Writes:
 
             async def call(node: str, idx: list[int], any_missed: bool = any_missed) -> None:
                 nonlocal newly_failed
-                argv: list[Any] = [limit, 0]
+                hints: list[HintGroup] = []
                 if any_missed:
                     missed: dict[str, list[bytes]] = defaultdict(list)
                     for i in idx:
                         for m in plans[i][1]:
                             missed[m].append(raws[i])
-                    argv[1] = len(missed)
-                    for m, members in missed.items():
-                        argv.extend(hint_keys(self.config.namespace, m))
-                        argv.append(len(members))
-                        argv.extend(members)
-                argv.append(mode)
-                argv.append(pxat)
-                argv.extend([stored[i] for i in idx])
+                    ns = self.config.namespace
+                    hints = [(*hint_keys(ns, m), members) for m, members in missed.items()]
+                # distinct: raws come from a mapping
+                argv = apply_argv(
+                    [stored[i] for i in idx], pxat, hint_limit=limit, distinct=True, hints=hints
+                )
                 try:
                     reply = await self._pools[node].run_script(APPLY, [rkeys[i] for i in idx], argv)
                 except (NodeUnavailable, ResponseError) as exc:
@@ -516,7 +513,6 @@ class Writes:
         self._announce(raws)
         if level != "one" or self.router.copies < 2:
             return
-        assert self.sync is not None
         out: dict[tuple[str, str], list[Entry]] = defaultdict(list)
         for i, (targets, _) in enumerate(plans):
             holder = acked[i][0]
