@@ -47,6 +47,7 @@ from .data.nearcache import (
 from .data.replication import Synchronizer
 from .data.routing import Router, each_node
 from .data.scripts import APPLY
+from .data.servertime import ServerTime
 from .data.writes import TTL, Items, Key, Value, Writes, key_bytes
 from .errors import NodeUnavailable, ResponseError
 from .events import EventBus, Subscription
@@ -68,7 +69,8 @@ class Cluster:
         """Random id of this Cluster object (origin of its invalidation messages)."""
         self.id = config.manager_id or self.instance.hex()
         """Manager id: ``config.manager_id`` or random."""
-        self._clock = values.HybridClock(self.instance[:8])
+        self._time = ServerTime()
+        self._clock = values.HybridClock(self.instance[:8], wall_ms=self._time.now_ms)
         self._prefix = data_prefix(config.namespace)
         self.router = Router(config, clock=anyio.current_time)
         """Routing state; the failover layer swaps rings and marks nodes through it."""
@@ -151,6 +153,7 @@ class Cluster:
             self._pools,
             self._clock,
             self._sync,
+            self._time,
             on_failure=self._failed,
             ops=self._ops,
             errors=self._errors,

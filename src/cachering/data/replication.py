@@ -38,7 +38,8 @@ from .scripts import apply_args, apply_argv
 __all__ = ["Entry", "SyncStats", "Synchronizer"]
 
 Entry = tuple[bytes, bytes, int]
-"""(Redis key, stored value, absolute expiry in ms or 0)."""
+"""(Redis key, stored value, expiry): the expiry is 0 for none, an absolute ``PXAT`` in ms,
+or ``-ttl`` in ms, counted from the clock of the server as it applies the write."""
 
 
 @attrs.define
@@ -184,6 +185,13 @@ class Synchronizer:
         self.stats.stale += stale
         self._complete(count)
 
+    def record_refused(self, count: int) -> None:
+        """Count ``count`` replica writes that a writer sent itself and their node refused
+        (an error reply): dropped, and no hint, since the node is up and took nothing."""
+        self.stats.submitted += count
+        self.stats.dropped += count
+        self._complete(count)
+
     async def flush(self) -> None:
         """Wait until every write submitted before this call has been completed."""
         target = self.stats.submitted
@@ -324,6 +332,10 @@ class Synchronizer:
                 stale = reply.count(b"0")
                 self.stats.stale += stale
                 self.stats.applied += len(reply) - stale
+            elif isinstance(reply, ResponseError):
+                # refused (OOM, ...): dropped, but the node is up and missed nothing it
+                # took, so no hint marks it as lagging; the sweep brings it up to date
+                self.stats.dropped += sum(len(c.keys) for c in piece)
             else:
                 await self._record_drops(node, piece)
 

@@ -1,21 +1,34 @@
 """The Lua scripts every data write goes through, and helpers that build their arguments.
 
 ``APPLY`` writes many keys in one call, each only if the incoming version is newer than the
-stored one (see :mod:`cachering.data.values`), with an absolute expiry (``PXAT``) computed once by
-the writer. It can also record hints (keys that some node missed) in the same round trip.
+stored one (see :mod:`cachering.data.values`). It can also record hints (keys that some
+node missed) in the same round trip.
 
 Arguments::
 
     KEYS   data keys k1..kn
-    ARGV   limit  g  [hint_key overflow_key m member*m]*g  mode  expiry  [value]*n
-       or  limit  g  [hint_key overflow_key m member*m]*g  mode  "*"  [value pxat]*n
+    ARGV   limit  g  [hint_key overflow_key m member*m]*g  mode  first  expiry  [value]*n
+       or  limit  g  [hint_key overflow_key m member*m]*g  mode  first  "*"  [value expiry]*n
 
-``limit`` bounds each hint set; past it the overflow key is set to ``1`` instead. The
-expiry is absolute Unix milliseconds (``PXAT``), ``0`` for none: one ``expiry`` for every
-key of the call (what a ``set_many`` writes), or ``*`` and one ``pxat`` per key (what
-replica batches and repairs mix). With no keys, ``mode`` and the expiry may be left
-out. The reply is a string with one character per key: ``0`` not applied (the stored copy
-is as new or newer), ``1`` applied, ``2`` applied over a live (non-tombstone) value.
+``limit`` bounds each hint set; past it the overflow key is set to ``1`` instead. An
+expiry is ``0`` for none, absolute Unix milliseconds (``PXAT``; what repairs copy), or
+``-ttl``: ``ttl`` milliseconds after the server's own clock (``TIME``) at the write, which
+is what every new write sends, so that expiry follows the servers' clocks and not the
+writer's. There is one ``expiry`` for every key of the call (what a ``set_many`` writes),
+or ``*`` and one per key (what replica batches and repairs mix). With no keys, ``mode``,
+``first`` and the expiry may be left out.
+
+The first ``first`` entries are *first-copy* writes: the writer's own write on the copy
+that takes it first (every other entry is a replica or repair write of a version another
+copy already holds). A first-copy write whose version is older than the stored one (its
+writer's clock is behind another writer's) is not dropped: it is written under the
+version just above the stored one (the stored clock plus one, then the writer's id), so
+the write the first copy takes last is its newest, whatever the writers' clocks say.
+
+The reply is a string with one character per key: ``0`` not applied (the stored copy is
+as new or newer; for a first-copy write, this very version is already there), ``1``
+applied, ``2`` applied over a live (non-tombstone) value, ``3`` and ``4`` the same as
+``1`` and ``2`` under a new version; then the 16 bytes of each new version, in key order.
 
 ``mode`` is the sum of two flags (:func:`apply_mode` computes it). ``1``, *distinct*:
 the caller knows that no key appears twice (a ``set_many``, whose keys come from a
@@ -25,10 +38,11 @@ last applied entry is written, bookkeeping that is a tenth of the script's work 
 ``2``, *large*: some value is over :data:`LARGE_VALUE` bytes; such keys have the stored
 copy's 18-byte header read with ``GETRANGE`` instead of the whole value with ``MGET``.
 
-``APPLY_ONE`` is the same write for a single key without hints, which is what every
-``set`` sends: ``KEYS`` holds the key, ``ARGV`` its value and expiry (``0`` for none), and
-the reply is one such character. With fewer arguments and no tables it costs the server
-a third less than ``APPLY`` with one key.
+``APPLY_ONE`` is the same first-copy write for a single key without hints, which is what
+every ``set`` and ``delete`` sends first: ``KEYS`` holds the key, ``ARGV`` its value and
+expiry, and the reply is one such character (and a new version after ``3`` or ``4``).
+With fewer arguments and no tables it costs the server a third less than ``APPLY`` with
+one key.
 """
 
 from __future__ import annotations
@@ -58,15 +72,19 @@ LARGE_VALUE = 2048
 header alone (``GETRANGE``) rather than the whole copy, which is likely as large."""
 
 
-# The version comparison both scripts share.
-_NEWER = (
+# The pieces both scripts share: version comparison, restamping, expiry.
+_COMMON = (
     HEADER_LUA
     + r"""
--- Whether the incoming value val is newer than the stored copy c (false if the copy is
--- not in the format: a foreign value is overwritten), and whether c is live.
-local function newer(c, val)
+if redis.replicate_commands then
+  redis.replicate_commands() -- TIME before writes (a no-op from Redis 7.0)
+end
+-- How the incoming value val compares with the stored copy c: 1 newer (also when c is
+-- not in the format: a foreign value is overwritten), 0 the same version, -1 older; and
+-- whether c is live.
+local function compare(c, val)
   if not is_ours(c) then
-    return true, false
+    return 1, false
   end
   -- the version is big-endian: the first differing byte decides. The clock (its first 8
   -- bytes) nearly always differs, so the writer id (the last 8) is read only on a tie
@@ -75,26 +93,74 @@ local function newer(c, val)
   local v1, v2, v3, v4, v5, v6, v7, v8 = byte(val, f, f + 7)
   local live = is_live(c)
   for half = 1, 2 do
-    if v1 ~= c1 then return v1 > c1, live
-    elseif v2 ~= c2 then return v2 > c2, live
-    elseif v3 ~= c3 then return v3 > c3, live
-    elseif v4 ~= c4 then return v4 > c4, live
-    elseif v5 ~= c5 then return v5 > c5, live
-    elseif v6 ~= c6 then return v6 > c6, live
-    elseif v7 ~= c7 then return v7 > c7, live
-    elseif v8 ~= c8 then return v8 > c8, live
+    if v1 ~= c1 then return v1 > c1 and 1 or -1, live
+    elseif v2 ~= c2 then return v2 > c2 and 1 or -1, live
+    elseif v3 ~= c3 then return v3 > c3 and 1 or -1, live
+    elseif v4 ~= c4 then return v4 > c4 and 1 or -1, live
+    elseif v5 ~= c5 then return v5 > c5 and 1 or -1, live
+    elseif v6 ~= c6 then return v6 > c6 and 1 or -1, live
+    elseif v7 ~= c7 then return v7 > c7 and 1 or -1, live
+    elseif v8 ~= c8 then return v8 > c8 and 1 or -1, live
     elseif half == 1 then
       c1, c2, c3, c4, c5, c6, c7, c8 = byte(c, f + 8, VERSION_LAST)
       v1, v2, v3, v4, v5, v6, v7, v8 = byte(val, f + 8, VERSION_LAST)
     end
   end
-  return false, live -- the same version: keep the stored copy
+  return 0, live
+end
+-- The version just above the stored copy c's, for the incoming value val: c's clock plus
+-- one, then val's writer id. nil when c's clock is at its maximum (no writer makes one).
+local function above(c, val)
+  local clock = {byte(c, VERSION_FIRST, VERSION_FIRST + 7)}
+  local j = 8
+  while j > 0 and clock[j] == 255 do
+    clock[j] = 0
+    j = j - 1
+  end
+  if j == 0 then
+    return nil
+  end
+  clock[j] = clock[j] + 1
+  return string.char(unpack(clock)) .. string.sub(val, VERSION_FIRST + 8, VERSION_LAST)
+end
+-- A first-copy write of val over c: (value to write, reply flag, new version or nil).
+-- Older than c (the writer's clock is behind another's): written under the version just
+-- above c's, so the write that arrives last at the first copy is the newest.
+local function first_copy(c, val)
+  local cmp, live = compare(c, val)
+  if cmp > 0 then
+    return val, live and '2' or '1', nil
+  elseif cmp == 0 then
+    return nil, '0', nil -- this very write is already there (a retry)
+  end
+  local v = above(c, val)
+  if v == nil then
+    return val, live and '2' or '1', nil -- a clock at its maximum: taken as foreign
+  end
+  return string.sub(val, 1, VERSION_FIRST - 1) .. v .. string.sub(val, VERSION_LAST + 1),
+    live and '4' or '3', v
+end
+-- The PXAT argument of an expiry argument x, or nil for none ('0'). A negative x is -ttl:
+-- ttl ms after this server's clock, so expiry does not depend on the writer's clock.
+local now
+local function pxat_of(x)
+  if x == '0' then
+    return nil
+  end
+  if byte(x, 1) ~= 45 then
+    return x
+  end
+  if now == nil then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return string.format('%.0f', now - tonumber(x))
 end
 """
 )
 
 APPLY_SOURCE = (
-    _NEWER
+    _COMMON
     + r"""
 local limit = tonumber(ARGV[1])
 local a = 3
@@ -115,9 +181,9 @@ local n = #KEYS
 if n == 0 then
   return ''
 end
-local mode = tonumber(ARGV[a])
+local mode, firsts = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
 local distinct, large = mode % 2 == 1, mode >= 2
-a = a + 1
+a = a + 2
 -- value i is ARGV[v + step * i], its expiry ARGV[v + step * i + 1] or the shared one
 local shared = ARGV[a]
 local step = shared == '*' and 2 or 1
@@ -156,7 +222,8 @@ else
     end
   end
 end
-local out, last = {}, {}
+-- out: one flag per key; vals: the value to write (nil: none); stamps: new versions
+local out, last, vals, stamps = {}, {}, {}, {}
 for i = 1, n do
   local key, val = KEYS[i], ARGV[v + step * i]
   local c = cur[i]
@@ -164,17 +231,25 @@ for i = 1, n do
     -- a key named twice in one call is compared with what the call applied before
     local p = last[key]
     if p then
-      c = ARGV[v + step * p]
+      c = vals[p]
     end
   end
-  local apply, live = newer(c, val)
-  if apply then
-    if not distinct then
-      last[key] = i
+  if i <= firsts then
+    local stamp
+    vals[i], out[i], stamp = first_copy(c, val)
+    if stamp then
+      stamps[#stamps + 1] = stamp
     end
-    out[i] = live and '2' or '1'
   else
-    out[i] = '0'
+    local cmp, live = compare(c, val)
+    if cmp > 0 then
+      vals[i], out[i] = val, live and '2' or '1'
+    else
+      out[i] = '0'
+    end
+  end
+  if vals[i] and not distinct then
+    last[key] = i
   end
 end
 -- Write each key's last applied entry: those without expiry in one MSET per 2000 keys,
@@ -182,28 +257,25 @@ end
 local mset, m = {}, 0
 for i = 1, n do
   local key = KEYS[i]
-  if (distinct and out[i] ~= '0') or (not distinct and last[key] == i) then
-    local val, pxat = ARGV[v + step * i], shared
-    if step == 2 then
-      pxat = ARGV[v + 2 * i + 1]
-    end
-    if pxat == '0' then
+  if vals[i] and (distinct or last[key] == i) then
+    local pxat = pxat_of(step == 2 and ARGV[v + 2 * i + 1] or shared)
+    if pxat == nil then
       mset[m + 1] = key
-      mset[m + 2] = val
+      mset[m + 2] = vals[i]
       m = m + 2
       if m == 4000 then
         redis.call('MSET', unpack(mset, 1, m))
         m = 0
       end
     else
-      redis.call('SET', key, val, 'PXAT', pxat)
+      redis.call('SET', key, vals[i], 'PXAT', pxat)
     end
   end
 end
 if m > 0 then
   redis.call('MSET', unpack(mset, 1, m))
 end
-return table.concat(out)
+return table.concat(out) .. table.concat(stamps)
 """
 ).replace("LARGE_VALUE", str(LARGE_VALUE))
 """Source of the apply-if-newer write script."""
@@ -214,11 +286,11 @@ single-key writes below."""
 
 
 APPLY_ONE_SOURCE = (
-    _NEWER
+    _COMMON
     + r"""
-local key, val, pxat = KEYS[1], ARGV[1], ARGV[2]
+local key = KEYS[1]
 local c
-if #val > LARGE_VALUE then
+if #ARGV[1] > LARGE_VALUE then
   -- the header alone, not a copy of what is likely as large (a missing key reads as '')
   c = redis.pcall('GETRANGE', key, 0, HEADER_SIZE - 1)
 else
@@ -227,16 +299,17 @@ end
 if type(c) == 'table' then
   c = false -- a key of another type (an error reply): overwritten, as MGET would have it
 end
-local apply, live = newer(c, val)
-if not apply then
-  return '0'
+local val, flag, stamp = first_copy(c, ARGV[1])
+if val == nil then
+  return flag
 end
-if pxat == '0' then
+local pxat = pxat_of(ARGV[2])
+if pxat == nil then
   redis.call('SET', key, val)
 else
   redis.call('SET', key, val, 'PXAT', pxat)
 end
-return live and '2' or '1'
+return stamp and flag .. stamp or flag
 """
 ).replace("LARGE_VALUE", str(LARGE_VALUE))
 """Source of the single-key write script."""
@@ -268,12 +341,15 @@ def apply_argv(
     hint_limit: int,
     distinct: bool,
     hints: Sequence[HintGroup] = (),
+    first: int = 0,
 ) -> list[bytes | int]:
     """``APPLY``'s ARGV: the hint groups, then the values ``stored`` (the caller's KEYS
-    are their Redis keys, in the same order) with one shared absolute expiry (an int) or
-    one per value (sent in the shared form when they agree).
+    are their Redis keys, in the same order) with one shared expiry (an int) or one per
+    value (sent in the shared form when they agree). An expiry is 0 (none), a ``PXAT``
+    or ``-ttl`` in ms (counted from the server's clock).
 
-    ``distinct``: the caller knows that no key appears twice. Every caller of ``APPLY``
+    ``distinct``: the caller knows that no key appears twice; ``first``: how many leading
+    values are first-copy writes (see the module docstring). Every caller of ``APPLY``
     builds its arguments here."""
     argv: list[bytes | int] = [hint_limit, len(hints)]
     for hint_key, overflow_key, members in hints:
@@ -284,6 +360,7 @@ def apply_argv(
     if not stored:
         return argv
     argv.append(apply_mode(distinct, stored))
+    argv.append(first)
     if not isinstance(pxats, int):
         first = pxats[0] if pxats else 0
         if any(p != first for p in pxats):
@@ -305,8 +382,9 @@ def apply_args(
     hint_limit: int,
     hints: Sequence[HintGroup] = (),
     distinct: bool = False,
+    first: int = 0,
 ) -> tuple[list[bytes], list[bytes | int]]:
-    """KEYS and ARGV for ``APPLY`` from ``(redis_key, stored_value, pxat)`` entries
+    """KEYS and ARGV for ``APPLY`` from ``(redis_key, stored_value, expiry)`` entries
     (:func:`apply_argv` of their values)."""
     keys: list[bytes] = []
     stored: list[bytes] = []
@@ -315,4 +393,6 @@ def apply_args(
         keys.append(key)
         stored.append(value)
         pxats.append(pxat)
-    return keys, apply_argv(stored, pxats, hint_limit=hint_limit, distinct=distinct, hints=hints)
+    return keys, apply_argv(
+        stored, pxats, hint_limit=hint_limit, distinct=distinct, hints=hints, first=first
+    )
