@@ -461,7 +461,8 @@ def test_first_copy_write_older_than_the_stored_one_is_taken(
     else:
         reply_k = server.eval(APPLY_ONE_SOURCE, 1, b"k", late, 0)
         reply_t = server.eval(APPLY_ONE_SOURCE, 1, b"t", late, 0)
-        assert reply_k[:1] == b"4" and reply_t[:1] == b"3"
+        assert reply_k[:1] == b"4"
+        assert reply_t[:1] == b"3"
         stamps = [reply_k[1:], reply_t[1:]]
     assert stamps == [_stamp_of(10_000, 1, b"B" * 8), _stamp_of(10_000, 2, b"B" * 8)]
     for key, stamp in zip((b"k", b"t"), stamps, strict=True):
