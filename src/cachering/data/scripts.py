@@ -76,14 +76,11 @@ header alone (``GETRANGE``) rather than the whole copy, which is likely as large
 _COMMON = (
     HEADER_LUA
     + r"""
-if redis.replicate_commands then
-  redis.replicate_commands() -- TIME before writes (a no-op from Redis 7.0)
-end
 -- How the incoming value val compares with the stored copy c: 1 newer (also when c is
 -- not in the format: a foreign value is overwritten), 0 the same version, -1 older; and
 -- whether c is live.
 local function compare(c, val)
-  if not is_ours(c) then
+  if not (c and #c >= HEADER_SIZE and byte(c, 1) == FORMAT) then
     return 1, false
   end
   -- the version is big-endian: the first differing byte decides. The clock (its first 8
@@ -91,7 +88,7 @@ local function compare(c, val)
   local f = VERSION_FIRST
   local c1, c2, c3, c4, c5, c6, c7, c8 = byte(c, f, f + 7)
   local v1, v2, v3, v4, v5, v6, v7, v8 = byte(val, f, f + 7)
-  local live = is_live(c)
+  local live = byte(c, FLAGS_AT) % 2 == 0
   for half = 1, 2 do
     if v1 ~= c1 then return v1 > c1 and 1 or -1, live
     elseif v2 ~= c2 then return v2 > c2 and 1 or -1, live
@@ -108,9 +105,11 @@ local function compare(c, val)
   end
   return 0, live
 end
--- The version just above the stored copy c's, for the incoming value val: c's clock plus
--- one, then val's writer id. nil when c's clock is at its maximum (no writer makes one).
-local function above(c, val)
+-- A first-copy write of val older than the stored copy c (the writer's clock is behind
+-- another's): (value to write, reply flag, new version or nil). It is written under the
+-- version just above c's (c's clock plus one, then val's writer id), so the write that
+-- arrives last at the first copy is the newest.
+local function restamp(c, val, live)
   local clock = {byte(c, VERSION_FIRST, VERSION_FIRST + 7)}
   local j = 8
   while j > 0 and clock[j] == 255 do
@@ -118,25 +117,10 @@ local function above(c, val)
     j = j - 1
   end
   if j == 0 then
-    return nil
-  end
-  clock[j] = clock[j] + 1
-  return string.char(unpack(clock)) .. string.sub(val, VERSION_FIRST + 8, VERSION_LAST)
-end
--- A first-copy write of val over c: (value to write, reply flag, new version or nil).
--- Older than c (the writer's clock is behind another's): written under the version just
--- above c's, so the write that arrives last at the first copy is the newest.
-local function first_copy(c, val)
-  local cmp, live = compare(c, val)
-  if cmp > 0 then
-    return val, live and '2' or '1', nil
-  elseif cmp == 0 then
-    return nil, '0', nil -- this very write is already there (a retry)
-  end
-  local v = above(c, val)
-  if v == nil then
     return val, live and '2' or '1', nil -- a clock at its maximum: taken as foreign
   end
+  clock[j] = clock[j] + 1
+  local v = string.char(unpack(clock)) .. string.sub(val, VERSION_FIRST + 8, VERSION_LAST)
   return string.sub(val, 1, VERSION_FIRST - 1) .. v .. string.sub(val, VERSION_LAST + 1),
     live and '4' or '3', v
 end
@@ -151,6 +135,11 @@ local function pxat_of(x)
     return x
   end
   if now == nil then
+    -- TIME before writes needs effects replication: the default from Redis 5, the only
+    -- mode from 7.0 (where this call is a no-op)
+    if redis.replicate_commands then
+      redis.replicate_commands()
+    end
     local t = redis.call('TIME')
     now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   end
@@ -222,8 +211,8 @@ else
     end
   end
 end
--- out: one flag per key; vals: the value to write (nil: none); stamps: new versions
-local out, last, vals, stamps = {}, {}, {}, {}
+-- out: one flag per key; moved: values taken under a new version; stamps: those versions
+local out, last, moved, stamps = {}, {}, {}, {}
 for i = 1, n do
   local key, val = KEYS[i], ARGV[v + step * i]
   local c = cur[i]
@@ -231,44 +220,44 @@ for i = 1, n do
     -- a key named twice in one call is compared with what the call applied before
     local p = last[key]
     if p then
-      c = vals[p]
+      c = moved[p] or ARGV[v + step * p]
     end
   end
-  if i <= firsts then
+  local cmp, live = compare(c, val)
+  if cmp > 0 then
+    out[i] = live and '2' or '1'
+  elseif cmp < 0 and i <= firsts then
     local stamp
-    vals[i], out[i], stamp = first_copy(c, val)
-    if stamp then
-      stamps[#stamps + 1] = stamp
-    end
+    moved[i], out[i], stamp = restamp(c, val, live)
+    stamps[#stamps + 1] = stamp
   else
-    local cmp, live = compare(c, val)
-    if cmp > 0 then
-      vals[i], out[i] = val, live and '2' or '1'
-    else
-      out[i] = '0'
-    end
+    out[i] = '0' -- as new or newer (a first copy: this very write, a retry)
   end
-  if vals[i] and not distinct then
+  if not distinct and out[i] ~= '0' then
     last[key] = i
   end
 end
 -- Write each key's last applied entry: those without expiry in one MSET per 2000 keys,
 -- those with one (PXAT, absolute) one SET each.
 local mset, m = {}, 0
+local pxat = step == 1 and pxat_of(shared) or nil
 for i = 1, n do
   local key = KEYS[i]
-  if vals[i] and (distinct or last[key] == i) then
-    local pxat = pxat_of(step == 2 and ARGV[v + 2 * i + 1] or shared)
+  if (distinct and out[i] ~= '0') or (not distinct and last[key] == i) then
+    local val = moved[i] or ARGV[v + step * i]
+    if step == 2 then
+      pxat = pxat_of(ARGV[v + 2 * i + 1])
+    end
     if pxat == nil then
       mset[m + 1] = key
-      mset[m + 2] = vals[i]
+      mset[m + 2] = val
       m = m + 2
       if m == 4000 then
         redis.call('MSET', unpack(mset, 1, m))
         m = 0
       end
     else
-      redis.call('SET', key, vals[i], 'PXAT', pxat)
+      redis.call('SET', key, val, 'PXAT', pxat)
     end
   end
 end
@@ -299,9 +288,14 @@ end
 if type(c) == 'table' then
   c = false -- a key of another type (an error reply): overwritten, as MGET would have it
 end
-local val, flag, stamp = first_copy(c, ARGV[1])
-if val == nil then
-  return flag
+local val, flag, stamp = ARGV[1], nil, nil
+local cmp, live = compare(c, val)
+if cmp > 0 then
+  flag = live and '2' or '1'
+elseif cmp == 0 then
+  return '0' -- this very write is already there (a retry)
+else
+  val, flag, stamp = restamp(c, val, live)
 end
 local pxat = pxat_of(ARGV[2])
 if pxat == nil then

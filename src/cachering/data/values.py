@@ -160,19 +160,11 @@ local byte = string.byte
 -- the stored value header (cachering.data.values): 1-based Lua string positions
 local HEADER_SIZE, FORMAT = {HEADER_SIZE}, {FORMAT}
 local VERSION_FIRST, VERSION_LAST = {VERSION_OFFSET + 1}, {_VERSION_END}
-local FLAGS_AT = {FLAGS_OFFSET + 1}
--- whether c (a string, or false for a missing key) is a value in the format
-local function is_ours(c)
-  return c and #c >= HEADER_SIZE and byte(c, 1) == FORMAT
-end
--- whether c (in the format) is live, not a tombstone
-local function is_live(c)
-  return byte(c, FLAGS_AT) % 2 == 0
-end
+local FLAGS_AT = {FLAGS_OFFSET + 1} -- bit 0 set: a tombstone
 """
 """Lua definitions of the header layout that every script reading a stored header starts
 with: ``HEADER_SIZE``, ``FORMAT``, ``VERSION_FIRST``/``VERSION_LAST`` and ``FLAGS_AT`` (1-based
-string positions), ``is_ours(c)`` and ``is_live(c)``."""
+string positions; constants only, as each function a script defines costs every run)."""
 
 
 class HybridClock:
