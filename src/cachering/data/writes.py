@@ -134,8 +134,10 @@ class Writes:
         return await self._write_one(raw, self._clock.stamp(data), self._expiry(ms), level)
 
     async def _measure(self, raw: bytes) -> None:
-        """Measure the servers' clock on ``raw``'s primary (see :class:`ServerTime`)."""
-        pool = self._pools.get(self.router.node_for(raw))
+        """Read the servers' clock on the node ``raw``'s write goes to first (routed around
+        suspects, so a dead primary does not cost a timeout twice; see :class:`ServerTime`)."""
+        targets, _ = self.router.write_plan(raw)
+        pool = self._pools.get(targets[0]) if targets else None
         if pool is not None:
             await self._time.measure(pool)
 
