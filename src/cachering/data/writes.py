@@ -38,6 +38,17 @@ _RESTAMPED = b"34"  # reply flags of a first-copy write taken under a new versio
 _VERSION = values.VERSION_SIZE
 
 
+def _stamps(reply: bytes, n: int) -> dict[int, bytes]:
+    """The new versions a write script's reply for ``n`` keys gives, by key index."""
+    out: dict[int, bytes] = {}
+    at = n
+    for i in range(n):
+        if reply[i] in _RESTAMPED:
+            out[i] = reply[at : at + _VERSION]
+            at += _VERSION
+    return out
+
+
 class _Segment(NamedTuple):
     """Replica writes of one preference group for one node."""
 
@@ -348,14 +359,11 @@ class Writes:
                 return
             n = len(call.rkeys)
             replaced += reply.count(b"2", 0, own)
-            if len(reply) > n:
+            if len(reply) > n:  # own keys taken under new versions (only they can be)
                 replaced += reply.count(b"4", 0, own)
-                at = n
-                for i in range(own):
-                    if reply[i] in _RESTAMPED:
-                        new = values.with_version(call.stored[i], reply[at : at + _VERSION])
-                        restamped.append((node, call.members[i], call.rkeys[i], new))
-                        at += _VERSION
+                for i, version in _stamps(reply, n).items():
+                    new = values.with_version(call.stored[i], version)
+                    restamped.append((node, call.members[i], call.rkeys[i], new))
             if call.riders:
                 sync.record_inline(n - own, reply.count(b"0", own, n))
 
@@ -451,12 +459,11 @@ class Writes:
                     refused[node] = str(exc)
                     refused_keys.update(idx)
                     return
-                at = len(idx)
-                for i, flag in zip(idx, reply[:at], strict=True):
+                given = _stamps(reply, len(idx)) if len(reply) > len(idx) else {}
+                for j, (i, flag) in enumerate(zip(idx, reply[: len(idx)], strict=True)):
                     acked[i] += (node,)
-                    if flag in _RESTAMPED:  # '3'/'4': applied under a new version
-                        stamps.setdefault(i, {})[node] = reply[at : at + _VERSION]
-                        at += _VERSION
+                    if j in given:  # '3'/'4': applied under a new version
+                        stamps.setdefault(i, {})[node] = given[j]
                         flag -= 2
                     if flag - 48 > flags[i]:
                         flags[i] = flag - 48
