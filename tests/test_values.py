@@ -133,17 +133,13 @@ def _apply(client: redis.Redis, entries, **kw) -> str:  # type: ignore[no-untype
 Apply = Callable[..., str]
 
 
-@pytest.fixture(params=["APPLY", "APPLY_ONE"])
-def apply(request: pytest.FixtureRequest, server: redis.Redis) -> Apply:
-    """``_apply`` on ``server``; in the APPLY_ONE run, single-entry calls without hints go
-    through the single-key script (what every ``set`` sends) instead."""
+@pytest.fixture
+def apply(server: redis.Redis) -> Apply:
+    """``_apply`` on ``server``: replica and repair writes, which apply only when newer
+    (first-copy writes, which never lose to an older clock, are tested below)."""
 
     def run(entries, **kw) -> str:  # type: ignore[no-untyped-def]
-        if request.param == "APPLY" or len(entries) != 1 or kw:
-            return _apply(server, entries, **kw)
-        ((key, stored, pxat),) = entries
-        reply = server.eval(APPLY_ONE_SOURCE, 1, key, stored, pxat)
-        return reply.decode() if isinstance(reply, bytes) else str(reply)
+        return _apply(server, entries, **kw)
 
     return run
 
@@ -235,6 +231,11 @@ def test_script_many_keys_and_binary(server: redis.Redis) -> None:
     assert values.user_bytes(server.get(b"ns:k:" + bytes([5, 0, 255]))) == b"\x05"
 
 
+def _apply_one(client: redis.Redis, key: bytes, stored: bytes, expiry: int) -> str:
+    reply: bytes = client.eval(APPLY_ONE_SOURCE, 1, key, stored, expiry)
+    return reply.decode("latin-1")
+
+
 def test_script_replaces_wrong_type_and_foreign_values(server: redis.Redis, apply: Apply) -> None:
     server.flushall()
     server.rpush(b"a", b"x")
@@ -248,13 +249,13 @@ def test_script_replaces_wrong_type_and_foreign_values(server: redis.Redis, appl
     )
     assert out == "11"
     assert values.user_bytes(server.get(b"a")) == b"1"
-    # one key at a time (through APPLY_ONE in that run), with and without an expiry
+    # one key at a time through APPLY_ONE, with and without an expiry
     server.delete(b"a", b"b")
     server.rpush(b"a", b"x")
     server.set(b"b", b"plain")
     pxat = int(time.time() * 1000) + 50_000
-    assert apply([(b"a", values.encode(clock.next(), b"3"), pxat)]) == "1"
-    assert apply([(b"b", values.encode(clock.next(), b"4"), 0)]) == "1"
+    assert _apply_one(server, b"a", values.encode(clock.next(), b"3"), pxat) == "1"
+    assert _apply_one(server, b"b", values.encode(clock.next(), b"4"), 0) == "1"
     assert values.user_bytes(server.get(b"a")) == b"3"
     assert pexpiretime(server, b"a") == pxat
     assert values.user_bytes(server.get(b"b")) == b"4"
@@ -270,15 +271,18 @@ def test_single_key_script_reads_only_the_header_of_large_values(
     old, new, newest = clock.next(), clock.next(), clock.next()
 
     def one(key: bytes, version: bytes, fill: bytes) -> str:
-        stored = values.encode(version, fill * size)
-        reply: bytes = server.eval(APPLY_ONE_SOURCE, 1, key, stored, 0)
-        return reply.decode()
+        return _apply_one(server, key, values.encode(version, fill * size), 0)
 
     assert one(b"k", new, b"n") == "1"  # missing key
-    assert one(b"k", old, b"o") == "0"
+    assert one(b"k", new, b"n") == "0"  # the same write again
     assert values.user_bytes(server.get(b"k")) == b"n" * size
     assert one(b"k", newest, b"w") == "2"
     assert values.user_bytes(server.get(b"k")) == b"w" * size
+    # an older first-copy write is taken under the version just above the stored one
+    reply = one(b"k", old, b"o")
+    assert reply[0] == "4"
+    assert reply[1:].encode("latin-1") == values.version_of(server.get(b"k"))
+    assert values.user_bytes(server.get(b"k")) == b"o" * size
     server.rpush(b"list", b"x")
     server.set(b"foreign", b"f" * 3000)
     assert one(b"list", old, b"l") == "1"
@@ -398,7 +402,7 @@ def test_script_modes_agree(server: redis.Redis) -> None:
         for i, version in starts.items():
             server.set(prefix + b"%d" % i, values.encode(version, b"s" * sizes[59 - i]))
         keys = [prefix + b"%d" % i for i in range(60)]
-        argv = [10, 0, mode, 0, *(values.encode(incoming, b"x" * size) for size in sizes)]
+        argv = [10, 0, mode, 0, 0, *(values.encode(incoming, b"x" * size) for size in sizes)]
         replies[mode] = server.eval(APPLY_SOURCE, len(keys), *keys, *argv)
         assert [server.get(k) for k in keys] == [server.get(b"0:" + k[2:]) for k in keys]
     assert len(set(replies.values())) == 1
@@ -426,3 +430,89 @@ def test_script_more_keys_than_one_command_takes(server: redis.Redis) -> None:
     ]
     assert _apply(server, stale) == "0" * 9_001
     assert values.user_bytes(server.get(b"k8000")) == b"8000"
+
+
+# ----------------------------------------------------------------------------- first copy
+
+
+def _stamp_of(clock_ms: int, counter: int, writer: bytes) -> bytes:
+    return ((clock_ms << 16) | counter).to_bytes(8, "big") + writer
+
+
+@pytest.mark.parametrize("script", ["APPLY", "APPLY_ONE"])
+def test_first_copy_write_older_than_the_stored_one_is_taken(
+    server: redis.Redis, script: str
+) -> None:
+    # writer A's clock is ahead of B's: B's later write still becomes the newest copy,
+    # under the version just above A's (A's clock plus one, B's writer id)
+    server.flushall()
+    ahead = values.HybridClock(b"A" * 8, wall_ms=lambda: 10_000)
+    behind = values.HybridClock(b"B" * 8, wall_ms=lambda: 1_000)
+    server.set(b"k", values.encode(ahead.next(), b"from A"))
+    server.set(b"t", values.encode(ahead.next(), None))  # a tombstone, counter 1
+    late = values.encode(behind.next(), b"from B")
+    if script == "APPLY":
+        keys, argv = apply_args(
+            [(b"k", late, 0), (b"t", late, 0), (b"r", late, 0)], hint_limit=1, first=2
+        )
+        reply = server.eval(APPLY_SOURCE, len(keys), *keys, *argv)
+        assert reply[:3] == b"431"  # the third entry is not a first copy: applied as is
+        stamps = [reply[3:19], reply[19:35]]
+        assert len(reply) == 35
+    else:
+        reply_k = server.eval(APPLY_ONE_SOURCE, 1, b"k", late, 0)
+        reply_t = server.eval(APPLY_ONE_SOURCE, 1, b"t", late, 0)
+        assert reply_k[:1] == b"4"
+        assert reply_t[:1] == b"3"
+        stamps = [reply_k[1:], reply_t[1:]]
+    assert stamps == [_stamp_of(10_000, 1, b"B" * 8), _stamp_of(10_000, 2, b"B" * 8)]
+    for key, stamp in zip((b"k", b"t"), stamps, strict=True):
+        stored = server.get(key)
+        assert values.version_of(stored) == stamp
+        assert values.user_bytes(stored) == b"from B"
+    # the same write arriving again at a replica (not a first copy) is stale there
+    assert _apply(server, [(b"k", late, 0)]) == "0"
+    # and a replica that got the restamped value takes it over A's
+    server.set(b"replica", values.encode(_stamp_of(10_000, 0, b"A" * 8), b"from A"))
+    assert _apply(server, [(b"replica", values.with_version(late, stamps[0]), 0)]) == "2"
+
+
+def test_first_copy_write_carries_into_the_next_byte_and_keeps_retries_idempotent(
+    server: redis.Redis,
+) -> None:
+    server.flushall()
+    server.set(b"k", values.encode(b"\x00\x00\x00\x01\xff\xff\xff\xff" + b"A" * 8, b"a"))
+    late = values.encode(_stamp_of(1, 0, b"B" * 8), b"b")
+    reply = server.eval(APPLY_ONE_SOURCE, 1, b"k", late, 0)
+    assert reply == b"4" + b"\x00\x00\x00\x02\x00\x00\x00\x00" + b"B" * 8
+    # the writer's own version already stored: nothing to do, not stamped again
+    server.set(b"j", late)
+    assert server.eval(APPLY_ONE_SOURCE, 1, b"j", late, 0) == b"0"
+    # a stored clock at its maximum (no writer makes one) is overwritten as foreign
+    server.set(b"m", values.encode(b"\xff" * 8 + b"A" * 8, b"a"))
+    assert server.eval(APPLY_ONE_SOURCE, 1, b"m", late, 0) == b"2"
+    assert server.get(b"m") == late
+
+
+def _server_ms(client: redis.Redis) -> int:
+    seconds, micros = client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+@pytest.mark.parametrize("script", ["APPLY", "APPLY_ONE", "APPLY_EACH"])
+def test_negative_expiry_counts_from_the_servers_clock(server: redis.Redis, script: str) -> None:
+    server.flushall()
+    clock = values.HybridClock(b"a" * 8, wall_ms=lambda: 1)  # the writer's clock is far off
+    stored = values.encode(clock.next(), b"v")
+    before = _server_ms(server)
+    if script == "APPLY_ONE":
+        server.eval(APPLY_ONE_SOURCE, 1, b"k", stored, -50_000)
+    elif script == "APPLY":
+        _apply(server, [(b"k", stored, -50_000)])
+    else:  # one expiry per key: relative, absolute and none mixed
+        _apply(server, [(b"k", stored, -50_000), (b"a", stored, before + 9_000), (b"n", stored, 0)])
+        assert server.execute_command("PEXPIRETIME", b"a") == before + 9_000
+        assert server.pttl(b"n") == -1
+    after = _server_ms(server)
+    expires = server.execute_command("PEXPIRETIME", b"k")
+    assert before + 50_000 <= expires <= after + 50_000

@@ -36,6 +36,7 @@ from .config import ClusterConfig, Consistency
 from .control.plane import ControlPlane
 from .control.topology import Topology
 from .data import values
+from .data.keys import data_prefix, invalidation_channel
 from .data.nearcache import (
     InvalidationCodec,
     InvalidationPublisher,
@@ -45,6 +46,7 @@ from .data.nearcache import (
 from .data.replication import Synchronizer
 from .data.routing import Router, each_node
 from .data.scripts import APPLY
+from .data.servertime import ServerTime
 from .data.writes import TTL, Items, Key, Value, Writes, key_bytes
 from .errors import NodeUnavailable, ResponseError, raise_sole_cause
 from .events import EventBus, Subscription
@@ -70,15 +72,6 @@ from .tracing import traced
 __all__ = ["Cluster"]
 
 
-def _user_values(replies: list[bytes | None]) -> list[bytes | None]:
-    """:func:`values.user_bytes` of every reply, inlined for speed (the get_many hot path)."""
-    size, fmt = values.HEADER_SIZE, values.FORMAT
-    return [
-        r[size:] if r is not None and len(r) >= size and r[0] == fmt and not r[17] & 1 else None
-        for r in replies
-    ]
-
-
 class Cluster:
     """A sharded, replicated cache over the nodes of ``config``; use ``async with``.
 
@@ -96,8 +89,9 @@ class Cluster:
         """Random id of this Cluster object (origin of its invalidation messages)."""
         self.id = config.manager_id or self.instance.hex()
         """Manager id: ``config.manager_id`` or random."""
-        self._clock = values.HybridClock(self.instance[:8])
-        self._prefix = f"{config.namespace}:k:".encode()
+        self._time = ServerTime()
+        self._clock = values.HybridClock(self.instance[:8], wall_ms=self._time.now_ms)
+        self._prefix = data_prefix(config.namespace)
         self.router = Router(config, clock=anyio.current_time)
         """Routing state; the failover layer swaps rings and marks nodes through it."""
         self._pools: dict[str, Pool] = {}
@@ -116,14 +110,7 @@ class Cluster:
         self.control: ControlPlane | None = None
         """The failover layer (None when ``config.control_plane`` is off)."""
         self._health_marked: frozenset[str] = frozenset()
-        self._writes = Writes(
-            config,
-            self.router,
-            self._pools,
-            self._clock,
-            on_failure=self._failed,
-            counters=self._counters,
-        )
+        self._writes: Writes  # built complete in __aenter__, used only while open
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -152,8 +139,7 @@ class Cluster:
             timeout=c.timeout,
             on_failure=self._failed,
         )
-        self._writes.sync = self._sync
-        channel = f"{c.namespace}:inval".encode()
+        channel = invalidation_channel(c.namespace)
         keyring = None
         if c.secret is not None:
             keyring = Keyring(dict(c.secret), active=c.secret[0][0])
@@ -170,11 +156,9 @@ class Cluster:
                 timeout=c.timeout,
                 stats=self._near_stats,
             )
-            self._writes.publisher = self._publisher
         if c.near_cache_size:
             self._near = NearCache(c.near_cache_size, c.near_cache_ttl, clock=anyio.current_time)
             self._near.stats = self._near_stats
-            self._writes.near = self._near
             self._subscriber = InvalidationSubscriber(
                 self._near,
                 c.nodes,
@@ -189,6 +173,23 @@ class Cluster:
                     limits=ReplyLimits.for_values(c.max_message_size),
                 ),
             )
+        if c.control_plane:
+            self.control = ControlPlane(
+                c, manager_id=self.id, bus=self._bus, on_change=self._route_by_topology
+            )
+        self._writes = Writes(
+            c,
+            self.router,
+            self._pools,
+            self._clock,
+            self._sync,
+            self._time,
+            on_failure=self._failed,
+            counters=self._counters,
+            near=self._near,
+            publisher=self._publisher,
+            note_hinted=self.control.note_hinted if self.control is not None else None,
+        )
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         try:
@@ -198,11 +199,7 @@ class Cluster:
                 await self._tg.start(self._publisher.run)
             if self._subscriber is not None:
                 await self._tg.start(self._subscriber.run)
-            if c.control_plane:
-                self.control = ControlPlane(
-                    c, manager_id=self.id, bus=self._bus, on_change=self._route_by_topology
-                )
-                self._writes.note_hinted = self.control.note_hinted
+            if self.control is not None:
                 await self._tg.start(self.control.run)
         except BaseException as exc:
             self._tg.cancel_scope.cancel()
@@ -500,7 +497,7 @@ class Cluster:
                     return
                 user = values.user_bytes
                 if near is None:
-                    found.update(zip(batch, _user_values(replies), strict=True))
+                    found.update(zip(batch, values.user_values(replies), strict=True))
                     return
                 for raw, reply, pttl in zip(batch, replies, pttls, strict=True):
                     value = found[raw] = user(reply)

@@ -17,6 +17,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ..config import ClusterConfig
+from ..data.keys import hint_keys
 from ..errors import CacheringError, NodeUnavailable, NotLeader
 from ..events import EventBus, HintsReplayed
 from ..messages import MessageKind
@@ -318,7 +319,7 @@ class LeaderDuties:
             )
             for holder in marked:
                 await self.host._pool(holder).execute(
-                    "DEL", f"{self.host.config.namespace}:hintoverflow:{node}"
+                    "DEL", hint_keys(self.host.config.namespace, node)[1]
                 )
         except (NodeUnavailable, OSError, CacheringError):
             return False

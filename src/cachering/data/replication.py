@@ -34,15 +34,17 @@ from ..metrics import SyncCounters
 from ..resp.pool import Pool
 from ..resp.script import Script
 from ._burst import BurstLog
+from .keys import data_prefix, hint_keys
 from .routing import each_node
-from .scripts import apply_args, apply_mode, entry_args, hint_keys
+from .scripts import apply_args, apply_argv
 
 __all__ = ["Entry", "Synchronizer"]
 
 logger = logging.getLogger("cachering.data.replication")
 
 Entry = tuple[bytes, bytes, int]
-"""(Redis key, stored value, absolute expiry in ms or 0)."""
+"""(Redis key, stored value, expiry): the expiry is 0 for none, an absolute ``PXAT`` in ms,
+or ``-ttl`` in ms, counted from the clock of the server as it applies the write."""
 
 
 @attrs.define
@@ -73,7 +75,7 @@ class Synchronizer:
         self._pools = pools
         self._script = script
         self._namespace = namespace
-        self._prefix_len = len(f"{namespace}:k:".encode())
+        self._prefix_len = len(data_prefix(namespace))
         self._batch_size = batch_size
         self._interval = flush_interval
         self._queue_size = queue_size
@@ -175,6 +177,13 @@ class Synchronizer:
         self.stats.stale += stale
         self._complete(count)
 
+    def record_refused(self, count: int) -> None:
+        """Count ``count`` replica writes that a writer sent itself and their node refused
+        (an error reply): dropped, and no hint, since the node is up and took nothing."""
+        self.stats.submitted += count
+        self.stats.dropped += count
+        self._complete(count)
+
     async def flush(self) -> None:
         """Wait until every write submitted before this call has been completed."""
         target = self.stats.submitted
@@ -265,24 +274,25 @@ class Synchronizer:
         for chunk in piece:
             command += chunk.keys
         command[2] = len(command) - 3
-        # One shared expiry when every chunk has the same one (the set_many hot path);
-        # otherwise one per key, which entry_args still sends shared if they all agree.
-        first = piece[0].pxat
-        # keys may repeat: not distinct
-        mode = apply_mode(False, chain.from_iterable(c.values for c in piece))
-        if isinstance(first, int) and all(c.pxat == first for c in piece):
-            command += (self._hint_limit, 0, mode, first)
-            for chunk in piece:
-                command += chunk.values
-            return command
-        values = list(chain.from_iterable(c.values for c in piece))
-        pxats = list(
-            chain.from_iterable(
-                [c.pxat] * len(c.keys) if isinstance(c.pxat, int) else c.pxat for c in piece
-            )
+        values = (
+            piece[0].values
+            if len(piece) == 1
+            else list(chain.from_iterable(c.values for c in piece))
         )
-        command += (self._hint_limit, 0, mode)
-        command += entry_args(values, pxats)
+        # One shared expiry when every chunk has the same one (the set_many hot path);
+        # otherwise one per key, which apply_argv still sends shared if they all agree.
+        first = piece[0].pxat
+        pxats: int | list[int]
+        if isinstance(first, int) and all(c.pxat == first for c in piece):
+            pxats = first
+        else:
+            pxats = list(
+                chain.from_iterable(
+                    [c.pxat] * len(c.keys) if isinstance(c.pxat, int) else c.pxat for c in piece
+                )
+            )
+        # keys may repeat: not distinct
+        command += apply_argv(values, pxats, hint_limit=self._hint_limit, distinct=False)
         return command
 
     async def _send_node(self, node: str, chunks: list[_Chunk]) -> None:
@@ -318,6 +328,10 @@ class Synchronizer:
                 stale = reply.count(b"0")
                 self.stats.stale += stale
                 self.stats.applied += len(reply) - stale
+            elif isinstance(reply, ResponseError):
+                # refused (OOM, ...): dropped, but the node is up and missed nothing it
+                # took, so no hint marks it as lagging; the sweep brings it up to date
+                self.stats.dropped += sum(len(c.keys) for c in piece)
             else:
                 await self._record_drops(node, piece)
 

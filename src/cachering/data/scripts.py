@@ -1,21 +1,34 @@
 """The Lua scripts every data write goes through, and helpers that build their arguments.
 
 ``APPLY`` writes many keys in one call, each only if the incoming version is newer than the
-stored one (see :mod:`cachering.data.values`), with an absolute expiry (``PXAT``) computed once by
-the writer. It can also record hints (keys that some node missed) in the same round trip.
+stored one (see :mod:`cachering.data.values`). It can also record hints (keys that some
+node missed) in the same round trip.
 
 Arguments::
 
     KEYS   data keys k1..kn
-    ARGV   limit  g  [hint_key overflow_key m member*m]*g  mode  expiry  [value]*n
-       or  limit  g  [hint_key overflow_key m member*m]*g  mode  "*"  [value pxat]*n
+    ARGV   limit  g  [hint_key overflow_key m member*m]*g  mode  first  expiry  [value]*n
+       or  limit  g  [hint_key overflow_key m member*m]*g  mode  first  "*"  [value expiry]*n
 
-``limit`` bounds each hint set; past it the overflow key is set to ``1`` instead. The
-expiry is absolute Unix milliseconds (``PXAT``), ``0`` for none: one ``expiry`` for every
-key of the call (what a ``set_many`` writes), or ``*`` and one ``pxat`` per key (what
-replica batches and repairs mix). With no keys, ``mode`` and the expiry may be left
-out. The reply is a string with one character per key: ``0`` not applied (the stored copy
-is as new or newer), ``1`` applied, ``2`` applied over a live (non-tombstone) value.
+``limit`` bounds each hint set; past it the overflow key is set to ``1`` instead. An
+expiry is ``0`` for none, absolute Unix milliseconds (``PXAT``; what repairs copy), or
+``-ttl``: ``ttl`` milliseconds after the server's own clock (``TIME``) at the write, which
+is what every new write sends, so that expiry follows the servers' clocks and not the
+writer's. There is one ``expiry`` for every key of the call (what a ``set_many`` writes),
+or ``*`` and one per key (what replica batches and repairs mix). With no keys, ``mode``,
+``first`` and the expiry may be left out.
+
+The first ``first`` entries are *first-copy* writes: the writer's own write on the copy
+that takes it first (every other entry is a replica or repair write of a version another
+copy already holds). A first-copy write whose version is older than the stored one (its
+writer's clock is behind another writer's) is not dropped: it is written under the
+version just above the stored one (the stored clock plus one, then the writer's id), so
+the write the first copy takes last is its newest, whatever the writers' clocks say.
+
+The reply is a string with one character per key: ``0`` not applied (the stored copy is
+as new or newer; for a first-copy write, this very version is already there), ``1``
+applied, ``2`` applied over a live (non-tombstone) value, ``3`` and ``4`` the same as
+``1`` and ``2`` under a new version; then the 16 bytes of each new version, in key order.
 
 ``mode`` is the sum of two flags (:func:`apply_mode` computes it). ``1``, *distinct*:
 the caller knows that no key appears twice (a ``set_many``, whose keys come from a
@@ -25,10 +38,11 @@ last applied entry is written, bookkeeping that is a tenth of the script's work 
 ``2``, *large*: some value is over :data:`LARGE_VALUE` bytes; such keys have the stored
 copy's 18-byte header read with ``GETRANGE`` instead of the whole value with ``MGET``.
 
-``APPLY_ONE`` is the same write for a single key without hints, which is what every
-``set`` sends: ``KEYS`` holds the key, ``ARGV`` its value and expiry (``0`` for none), and
-the reply is one such character. With fewer arguments and no tables it costs the server
-a third less than ``APPLY`` with one key.
+``APPLY_ONE`` is the same first-copy write for a single key without hints, which is what
+every ``set`` and ``delete`` sends first: ``KEYS`` holds the key, ``ARGV`` its value and
+expiry, and the reply is one such character (and a new version after ``3`` or ``4``).
+With fewer arguments and no tables it costs the server a third less than ``APPLY`` with
+one key.
 """
 
 from __future__ import annotations
@@ -36,6 +50,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from ..resp.script import Script
+from .keys import hint_keys
+from .values import HEADER_LUA
 
 __all__ = [
     "APPLY",
@@ -46,8 +62,8 @@ __all__ = [
     "LARGE_VALUE",
     "HintGroup",
     "apply_args",
+    "apply_argv",
     "apply_mode",
-    "entry_args",
     "hint_keys",
 ]
 
@@ -56,40 +72,84 @@ LARGE_VALUE = 2048
 header alone (``GETRANGE``) rather than the whole copy, which is likely as large."""
 
 
-# The version comparison both scripts share.
-_NEWER = r"""
-local byte = string.byte
--- Whether the incoming value val is newer than the stored copy c (false if the copy is
--- not in the format: a foreign value is overwritten), and whether c is live.
-local function newer(c, val)
-  if not (c and #c >= 18 and byte(c, 1) == 1) then
-    return true, false
+# The pieces both scripts share: version comparison, restamping, expiry.
+_COMMON = (
+    HEADER_LUA
+    + r"""
+-- How the incoming value val compares with the stored copy c: 1 newer (also when c is
+-- not in the format: a foreign value is overwritten), 0 the same version, -1 older; and
+-- whether c is live.
+local function compare(c, val)
+  if not (c and #c >= HEADER_SIZE and byte(c, 1) == FORMAT) then
+    return 1, false
   end
-  -- the version is bytes 2..17, big-endian: the first differing byte decides. The clock
-  -- (2..9) nearly always differs, so the writer id (10..17) is read only on a tie
-  local c1, c2, c3, c4, c5, c6, c7, c8 = byte(c, 2, 9)
-  local v1, v2, v3, v4, v5, v6, v7, v8 = byte(val, 2, 9)
-  local live = byte(c, 18) % 2 == 0
+  -- the version is big-endian: the first differing byte decides. The clock (its first 8
+  -- bytes) nearly always differs, so the writer id (the last 8) is read only on a tie
+  local f = VERSION_FIRST
+  local c1, c2, c3, c4, c5, c6, c7, c8 = byte(c, f, f + 7)
+  local v1, v2, v3, v4, v5, v6, v7, v8 = byte(val, f, f + 7)
+  local live = byte(c, FLAGS_AT) % 2 == 0
   for half = 1, 2 do
-    if v1 ~= c1 then return v1 > c1, live
-    elseif v2 ~= c2 then return v2 > c2, live
-    elseif v3 ~= c3 then return v3 > c3, live
-    elseif v4 ~= c4 then return v4 > c4, live
-    elseif v5 ~= c5 then return v5 > c5, live
-    elseif v6 ~= c6 then return v6 > c6, live
-    elseif v7 ~= c7 then return v7 > c7, live
-    elseif v8 ~= c8 then return v8 > c8, live
+    if v1 ~= c1 then return v1 > c1 and 1 or -1, live
+    elseif v2 ~= c2 then return v2 > c2 and 1 or -1, live
+    elseif v3 ~= c3 then return v3 > c3 and 1 or -1, live
+    elseif v4 ~= c4 then return v4 > c4 and 1 or -1, live
+    elseif v5 ~= c5 then return v5 > c5 and 1 or -1, live
+    elseif v6 ~= c6 then return v6 > c6 and 1 or -1, live
+    elseif v7 ~= c7 then return v7 > c7 and 1 or -1, live
+    elseif v8 ~= c8 then return v8 > c8 and 1 or -1, live
     elseif half == 1 then
-      c1, c2, c3, c4, c5, c6, c7, c8 = byte(c, 10, 17)
-      v1, v2, v3, v4, v5, v6, v7, v8 = byte(val, 10, 17)
+      c1, c2, c3, c4, c5, c6, c7, c8 = byte(c, f + 8, VERSION_LAST)
+      v1, v2, v3, v4, v5, v6, v7, v8 = byte(val, f + 8, VERSION_LAST)
     end
   end
-  return false, live -- the same version: keep the stored copy
+  return 0, live
+end
+-- A first-copy write of val older than the stored copy c (the writer's clock is behind
+-- another's): (value to write, reply flag, new version or nil). It is written under the
+-- version just above c's (c's clock plus one, then val's writer id), so the write that
+-- arrives last at the first copy is the newest.
+local function restamp(c, val, live)
+  local clock = {byte(c, VERSION_FIRST, VERSION_FIRST + 7)}
+  local j = 8
+  while j > 0 and clock[j] == 255 do
+    clock[j] = 0
+    j = j - 1
+  end
+  if j == 0 then
+    return val, live and '2' or '1', nil -- a clock at its maximum: taken as foreign
+  end
+  clock[j] = clock[j] + 1
+  local v = string.char(unpack(clock)) .. string.sub(val, VERSION_FIRST + 8, VERSION_LAST)
+  return string.sub(val, 1, VERSION_FIRST - 1) .. v .. string.sub(val, VERSION_LAST + 1),
+    live and '4' or '3', v
+end
+-- The PXAT argument of an expiry argument x, or nil for none ('0'). A negative x is -ttl:
+-- ttl ms after this server's clock, so expiry does not depend on the writer's clock.
+local now
+local function pxat_of(x)
+  if x == '0' then
+    return nil
+  end
+  if byte(x, 1) ~= 45 then
+    return x
+  end
+  if now == nil then
+    -- TIME before writes needs effects replication: the default from Redis 5, the only
+    -- mode from 7.0 (where this call is a no-op)
+    if redis.replicate_commands then
+      redis.replicate_commands()
+    end
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return string.format('%.0f', now - tonumber(x))
 end
 """
+)
 
 APPLY_SOURCE = (
-    _NEWER
+    _COMMON
     + r"""
 local limit = tonumber(ARGV[1])
 local a = 3
@@ -110,9 +170,9 @@ local n = #KEYS
 if n == 0 then
   return ''
 end
-local mode = tonumber(ARGV[a])
+local mode, firsts = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
 local distinct, large = mode % 2 == 1, mode >= 2
-a = a + 1
+a = a + 2
 -- value i is ARGV[v + step * i], its expiry ARGV[v + step * i + 1] or the shared one
 local shared = ARGV[a]
 local step = shared == '*' and 2 or 1
@@ -120,7 +180,7 @@ local v = a + 1 - step
 -- Read all current copies with one MGET per 4000 keys (MGET answers false for a missing
 -- key and for a key of another type). When the caller says some incoming value is over
 -- 2 KiB, such a key has its copy's header read alone with GETRANGE instead ('' when
--- missing): MGET would copy a value that is likely as large into Lua for 18 bytes.
+-- missing): MGET would copy a value that is likely as large into Lua for a header.
 local cur = {}
 if not large then
   for s = 1, n, 4000 do
@@ -133,7 +193,7 @@ else
   local small, m = {}, 0
   for i = 1, n do
     if #ARGV[v + step * i] > LARGE_VALUE then
-      local c = redis.pcall('GETRANGE', KEYS[i], 0, 17)
+      local c = redis.pcall('GETRANGE', KEYS[i], 0, HEADER_SIZE - 1)
       cur[i] = type(c) == 'string' and c -- false for a key of another type
     else
       m = m + 1
@@ -151,7 +211,8 @@ else
     end
   end
 end
-local out, last = {}, {}
+-- out: one flag per key; moved: values taken under a new version; stamps: those versions
+local out, last, moved, stamps = {}, {}, {}, {}
 for i = 1, n do
   local key, val = KEYS[i], ARGV[v + step * i]
   local c = cur[i]
@@ -159,30 +220,35 @@ for i = 1, n do
     -- a key named twice in one call is compared with what the call applied before
     local p = last[key]
     if p then
-      c = ARGV[v + step * p]
+      c = moved[p] or ARGV[v + step * p]
     end
   end
-  local apply, live = newer(c, val)
-  if apply then
-    if not distinct then
-      last[key] = i
-    end
+  local cmp, live = compare(c, val)
+  if cmp > 0 then
     out[i] = live and '2' or '1'
+  elseif cmp < 0 and i <= firsts then
+    local stamp
+    moved[i], out[i], stamp = restamp(c, val, live)
+    stamps[#stamps + 1] = stamp
   else
-    out[i] = '0'
+    out[i] = '0' -- as new or newer (a first copy: this very write, a retry)
+  end
+  if not distinct and out[i] ~= '0' then
+    last[key] = i
   end
 end
 -- Write each key's last applied entry: those without expiry in one MSET per 2000 keys,
 -- those with one (PXAT, absolute) one SET each.
 local mset, m = {}, 0
+local pxat = step == 1 and pxat_of(shared) or nil
 for i = 1, n do
   local key = KEYS[i]
   if (distinct and out[i] ~= '0') or (not distinct and last[key] == i) then
-    local val, pxat = ARGV[v + step * i], shared
+    local val = moved[i] or ARGV[v + step * i]
     if step == 2 then
-      pxat = ARGV[v + 2 * i + 1]
+      pxat = pxat_of(ARGV[v + 2 * i + 1])
     end
-    if pxat == '0' then
+    if pxat == nil then
       mset[m + 1] = key
       mset[m + 2] = val
       m = m + 2
@@ -198,7 +264,7 @@ end
 if m > 0 then
   redis.call('MSET', unpack(mset, 1, m))
 end
-return table.concat(out)
+return table.concat(out) .. table.concat(stamps)
 """
 ).replace("LARGE_VALUE", str(LARGE_VALUE))
 """Source of the apply-if-newer write script."""
@@ -209,29 +275,35 @@ single-key writes below."""
 
 
 APPLY_ONE_SOURCE = (
-    _NEWER
+    _COMMON
     + r"""
-local key, val, pxat = KEYS[1], ARGV[1], ARGV[2]
+local key = KEYS[1]
 local c
-if #val > LARGE_VALUE then
+if #ARGV[1] > LARGE_VALUE then
   -- the header alone, not a copy of what is likely as large (a missing key reads as '')
-  c = redis.pcall('GETRANGE', key, 0, 17)
+  c = redis.pcall('GETRANGE', key, 0, HEADER_SIZE - 1)
 else
   c = redis.pcall('GET', key) -- cheaper than GETRANGE for small values
 end
 if type(c) == 'table' then
   c = false -- a key of another type (an error reply): overwritten, as MGET would have it
 end
-local apply, live = newer(c, val)
-if not apply then
-  return '0'
+local val, flag, stamp = ARGV[1], nil, nil
+local cmp, live = compare(c, val)
+if cmp > 0 then
+  flag = live and '2' or '1'
+elseif cmp == 0 then
+  return '0' -- this very write is already there (a retry)
+else
+  val, flag, stamp = restamp(c, val, live)
 end
-if pxat == '0' then
+local pxat = pxat_of(ARGV[2])
+if pxat == nil then
   redis.call('SET', key, val)
 else
   redis.call('SET', key, val, 'PXAT', pxat)
 end
-return live and '2' or '1'
+return stamp and flag .. stamp or flag
 """
 ).replace("LARGE_VALUE", str(LARGE_VALUE))
 """Source of the single-key write script."""
@@ -241,15 +313,8 @@ APPLY_ONE = Script(APPLY_ONE_SOURCE)
 
 
 HintGroup = tuple[bytes, bytes, Sequence[bytes]]
-"""(hint set key, overflow key, raw keys the missed node needs)."""
-
-
-def hint_keys(namespace: str, node_id: str) -> tuple[bytes, bytes]:
-    """The hint set key and overflow flag key for the node ``node_id``."""
-    return (
-        f"{namespace}:hint:{node_id}".encode(),
-        f"{namespace}:hintoverflow:{node_id}".encode(),
-    )
+"""(hint set key, overflow key, raw keys the missed node needs); see
+:func:`cachering.data.keys.hint_keys`."""
 
 
 EACH = b"*"
@@ -263,42 +328,65 @@ def apply_mode(distinct: bool, stored: Iterable[bytes]) -> int:
     return (1 if distinct else 0) + (2 if large else 0)
 
 
-def apply_args(
-    entries: Iterable[tuple[bytes, bytes, int]],
+def apply_argv(
+    stored: Sequence[bytes],
+    pxats: int | Sequence[int],
     *,
     hint_limit: int,
+    distinct: bool,
     hints: Sequence[HintGroup] = (),
-    distinct: bool = False,
-) -> tuple[list[bytes], list[bytes | int]]:
-    """KEYS and ARGV for ``APPLY`` from ``(redis_key, stored_value, pxat)`` entries;
-    ``distinct``: the caller knows that no key appears twice."""
-    keys: list[bytes] = []
+    first: int = 0,
+) -> list[bytes | int]:
+    """``APPLY``'s ARGV: the hint groups, then the values ``stored`` (the caller's KEYS
+    are their Redis keys, in the same order) with one shared expiry (an int) or one per
+    value (sent in the shared form when they agree). An expiry is 0 (none), a ``PXAT``
+    or ``-ttl`` in ms (counted from the server's clock).
+
+    ``distinct``: the caller knows that no key appears twice; ``first``: how many leading
+    values are first-copy writes (see the module docstring). Every caller of ``APPLY``
+    builds its arguments here."""
     argv: list[bytes | int] = [hint_limit, len(hints)]
     for hint_key, overflow_key, members in hints:
         argv.append(hint_key)
         argv.append(overflow_key)
         argv.append(len(members))
         argv.extend(members)
+    if not stored:
+        return argv
+    argv.append(apply_mode(distinct, stored))
+    argv.append(first)
+    if not isinstance(pxats, int):
+        first = pxats[0] if pxats else 0
+        if any(p != first for p in pxats):
+            n = len(argv)
+            argv.append(EACH)
+            argv += [EACH] * (2 * len(stored))
+            argv[n + 1 :: 2] = stored
+            argv[n + 2 :: 2] = pxats
+            return argv
+        pxats = first
+    argv.append(pxats)
+    argv.extend(stored)
+    return argv
+
+
+def apply_args(
+    entries: Iterable[tuple[bytes, bytes, int]],
+    *,
+    hint_limit: int,
+    hints: Sequence[HintGroup] = (),
+    distinct: bool = False,
+    first: int = 0,
+) -> tuple[list[bytes], list[bytes | int]]:
+    """KEYS and ARGV for ``APPLY`` from ``(redis_key, stored_value, expiry)`` entries
+    (:func:`apply_argv` of their values)."""
+    keys: list[bytes] = []
     stored: list[bytes] = []
     pxats: list[int] = []
     for key, value, pxat in entries:
         keys.append(key)
         stored.append(value)
         pxats.append(pxat)
-    argv.append(apply_mode(distinct, stored))
-    argv.extend(entry_args(stored, pxats))
-    return keys, argv
-
-
-def entry_args(stored: list[bytes], pxats: int | Sequence[int]) -> list[bytes | int]:
-    """The ``expiry`` and value part of ``APPLY``'s ARGV for values ``stored`` with one
-    shared absolute expiry (an int) or one per value (the shared form when they agree)."""
-    if not isinstance(pxats, int):
-        first = pxats[0] if pxats else 0
-        if any(p != first for p in pxats):
-            out: list[bytes | int] = [EACH] * (1 + 2 * len(stored))
-            out[1::2] = stored
-            out[2::2] = pxats
-            return out
-        pxats = first
-    return [pxats, *stored]
+    return keys, apply_argv(
+        stored, pxats, hint_limit=hint_limit, distinct=distinct, hints=hints, first=first
+    )

@@ -13,10 +13,8 @@ hints, so a partial write converges).
 from __future__ import annotations
 
 import math
-import time
 from collections import defaultdict
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from datetime import timedelta
 from typing import Any, NamedTuple
 
 from ..config import ClusterConfig, Consistency
@@ -25,58 +23,31 @@ from ..metrics import CallCounters
 from ..resp import Pool
 from ..ring import Ring
 from . import values
+from .arguments import MAX_TTL, TTL, Items, Key, Value, key_bytes, ttl_ms
+from .keys import data_prefix, hint_keys
 from .nearcache import InvalidationPublisher, NearCache
 from .replication import Entry, Synchronizer
 from .routing import Router, each_node
-from .scripts import APPLY, APPLY_ONE, HintGroup, apply_args, apply_mode, hint_keys
+from .scripts import APPLY, APPLY_ONE, HintGroup, apply_args, apply_argv
+from .servertime import ServerTime
 
-__all__ = ["TTL", "Items", "Key", "Value", "Writes", "key_bytes"]
+__all__ = ["MAX_TTL", "TTL", "Items", "Key", "Value", "Writes", "key_bytes"]
 
 _LEVELS = ("one", "quorum", "all")
-Key = str | bytes | bytearray | memoryview
-"""A key: str (stored UTF-8 encoded) or bytes-like."""
-Value = str | bytes | bytearray | memoryview
-"""A value: bytes-like, or str (stored UTF-8 encoded)."""
-TTL = int | float | timedelta | None
-"""A time to live in seconds or as a timedelta; None for no expiry."""
-Items = (
-    Mapping[str, Value] | Mapping[bytes, Value] | Mapping[Key, Value] | Iterable[tuple[Key, Value]]
-)
-"""What ``set_many`` takes: a mapping or (key, value) pairs. Mapping is invariant in its
-key type, so the common key types are named and a plain ``dict[str, bytes]`` fits."""
-
-
-def key_bytes(key: object) -> bytes:
-    """A key argument as bytes; TypeError for anything but str or bytes-like."""
-    if isinstance(key, bytes):
-        return key
-    if isinstance(key, str):
-        return key.encode()
-    if isinstance(key, (bytearray, memoryview)):
-        return bytes(key)
-    raise TypeError(f"keys must be str or bytes-like, got {type(key).__name__}")
-
-
-def _ttl_ms(ttl: object) -> int:
-    """Milliseconds of a ttl argument; 0 for None."""
-    if ttl is None:
-        return 0
-    if isinstance(ttl, timedelta):
-        seconds = ttl.total_seconds()
-    elif isinstance(ttl, (int, float)) and not isinstance(ttl, bool):
-        seconds = float(ttl)
-    else:
-        raise TypeError(f"ttl must be seconds (int or float) or a timedelta, got {ttl!r}")
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"ttl must be positive and finite, got {ttl!r}")
-    return max(1, math.ceil(seconds * 1000))
-
-
 _StrSet = set[str]  # the class defines a method named ``set``
+_RESTAMPED = b"34"  # reply flags of a first-copy write taken under a new version
+_VERSION = values.VERSION_SIZE
 
 
-def _wall_ms() -> int:
-    return time.time_ns() // 1_000_000
+def _stamps(reply: bytes, n: int) -> dict[int, bytes]:
+    """The new versions a write script's reply for ``n`` keys gives, by key index."""
+    out: dict[int, bytes] = {}
+    at = n
+    for i in range(n):
+        if reply[i] in _RESTAMPED:
+            out[i] = reply[at : at + _VERSION]
+            at += _VERSION
+    return out
 
 
 class _Segment(NamedTuple):
@@ -114,35 +85,40 @@ class _Call:
 
 
 class Writes:
-    """Writes of one cluster; the cluster sets ``sync``, ``near``, ``publisher`` and
-    ``note_hinted`` as it starts the services they belong to."""
+    """Writes of one open cluster, built with every collaborator they use."""
 
     def __init__(
         self,
         config: ClusterConfig,
         router: Router,
-        pools: dict[str, Pool],
+        pools: Mapping[str, Pool],
         clock: values.HybridClock,
+        sync: Synchronizer,
+        server_time: ServerTime,
         *,
         on_failure: Callable[[str], None],
         counters: CallCounters,
+        near: NearCache | None = None,
+        publisher: InvalidationPublisher | None = None,
+        note_hinted: Callable[[Iterable[str]], None] | None = None,
     ) -> None:
         self.config = config
         self.router = router
         self._pools = pools
         self._clock = clock
-        self._prefix = f"{config.namespace}:k:".encode()
+        self._time = server_time
+        self._prefix = data_prefix(config.namespace)
         self._on_failure = on_failure
         self._counters = counters
         self._ops = counters.ops
         self._errors = counters.errors
-        self.sync: Synchronizer | None = None
-        """Sends replica writes in batches (set once the cluster is open)."""
-        self.near: NearCache | None = None
+        self.sync = sync
+        """Sends replica writes in batches."""
+        self.near = near
         """This manager's near cache, invalidated on every write (None: off)."""
-        self.publisher: InvalidationPublisher | None = None
+        self.publisher = publisher
         """Tells other managers' near caches what was written (None: off)."""
-        self.note_hinted: Callable[[Iterable[str]], None] | None = None
+        self.note_hinted = note_hinted
         """Called with the nodes a write recorded hints for (the control plane's)."""
 
     def set(
@@ -157,9 +133,31 @@ class Writes:
         if len(data) > self.config.max_value_size:
             self.value(data)  # raises, naming the limit
         level = self.level(consistency)
-        pxat = 0 if ttl is None else _wall_ms() + _ttl_ms(ttl)
+        ms = 0 if ttl is None else ttl_ms(ttl)
         self._ops["set"] += 1
-        return self._write_one(raw, self._clock.stamp(data), pxat, level)
+        if self._time.stale():
+            return self._set_on_time(raw, data, ms, level)
+        return self._write_one(raw, self._clock.stamp(data), self._expiry(ms), level)
+
+    async def _set_on_time(self, raw: bytes, data: bytes, ms: int, level: str) -> int:
+        await self._measure(raw)
+        return await self._write_one(raw, self._clock.stamp(data), self._expiry(ms), level)
+
+    async def _measure(self, raw: bytes) -> None:
+        """Read the servers' clock on the node ``raw``'s write goes to first (routed around
+        suspects, so a dead primary does not cost a timeout twice; see :class:`ServerTime`)."""
+        targets, _ = self.router.write_plan(raw)
+        pool = self._pools.get(targets[0]) if targets else None
+        if pool is not None:
+            await self._time.measure(pool)
+
+    def _expiry(self, ms: int) -> int:
+        """The expiry argument of a write with a ttl of ``ms`` (0: none): a ``PXAT`` on the
+        servers' clock, the same for every copy; ``-ttl`` (each server counts from its own
+        clock) until that clock was measured."""
+        if not ms:
+            return 0
+        return self._time.now_ms() + ms if self._time.known else -ms
 
     async def set_many(
         self,
@@ -173,6 +171,11 @@ class Writes:
                 mapping = dict(mapping)
             except (TypeError, ValueError):
                 raise TypeError("set_many takes a mapping or (key, value) pairs") from None
+        ms = ttl_ms(ttl)
+        level = self.level(consistency)
+        if self._time.stale() and mapping:
+            first = next(iter(mapping))
+            await self._measure(first.encode() if type(first) is str else key_bytes(first))
         check = self.value
         # one version for the whole call: versions order writes of the same key only
         head = values.header(self._clock.next())
@@ -183,19 +186,19 @@ class Writes:
             if len(data) > self.config.max_value_size:
                 check(data)
             table[raw] = head + data
-        level, ms = self.level(consistency), _ttl_ms(ttl)  # checked even with no keys
         if not table:
             return
         self._ops["set_many"] += 1
-        pxat = _wall_ms() + ms if ms else 0
-        await self._write(table, pxat, level)
+        await self._write(table, self._expiry(ms), level)
 
     async def delete(self, key: Key, consistency: Consistency | None) -> bool:
         """What :meth:`Cluster.delete <cachering.cluster.Cluster.delete>` does."""
         raw, level = key_bytes(key), self.level(consistency)
         self._ops["delete"] += 1
-        tomb, pxat = self._tombstone()
-        return await self._write_one(raw, tomb, pxat, level) == 1
+        if self._time.stale():
+            await self._measure(raw)
+        tomb, expiry = self._tombstone()
+        return await self._write_one(raw, tomb, expiry, level) == 1
 
     async def delete_many(self, keys: Iterable[Key], consistency: Consistency | None) -> int:
         """What :meth:`Cluster.delete_many <cachering.cluster.Cluster.delete_many>` does."""
@@ -204,8 +207,10 @@ class Writes:
         if not raws:
             return 0
         self._ops["delete_many"] += 1
-        tomb, pxat = self._tombstone()
-        return await self._write(dict.fromkeys(raws, tomb), pxat, level)
+        if self._time.stale():
+            await self._measure(raws[0])
+        tomb, expiry = self._tombstone()
+        return await self._write(dict.fromkeys(raws, tomb), expiry, level)
 
     def _announce(self, raws: Iterable[bytes]) -> None:
         """Tell this manager's near cache, and other managers', that ``raws`` were written."""
@@ -237,60 +242,58 @@ class Writes:
         return str(consistency)
 
     def _tombstone(self) -> tuple[bytes, int]:
-        """A delete marker under a fresh version, and its absolute expiry."""
+        """A delete marker under a fresh version, and its expiry."""
         tomb = values.header(self._clock.next(), tombstone=True)
-        return tomb, _wall_ms() + math.ceil(self.config.tombstone_ttl * 1000)
+        return tomb, self._expiry(math.ceil(self.config.tombstone_ttl * 1000))
 
-    async def _write_one(self, raw: bytes, stored: bytes, pxat: int, level: str) -> int:
+    async def _write_one(self, raw: bytes, stored: bytes, expiry: int, level: str) -> int:
         """Write one key (``set``, ``delete``); returns 1 if it replaced a live value."""
         if level == "one":
             # Every home healthy: the primary takes the write, the synchronizer batches the
             # replica writes. Otherwise, or if the primary fails, the general path retries
-            # around the failure (writes are idempotent).
+            # around the failure (writes are idempotent). A refusal (ResponseError) is
+            # this call's error: the node is up and took nothing.
             targets, missed = self.router.write_plan(raw)
             if not missed:
                 primary, rkey = targets[0], self._prefix + raw
                 try:
                     reply = await self._pools[primary].run_script(
-                        APPLY_ONE, (rkey,), (stored, pxat)
+                        APPLY_ONE, (rkey,), (stored, expiry)
                     )
-                except (NodeUnavailable, ResponseError) as exc:
+                except NodeUnavailable as exc:
                     # the general path starts around the primary: one timeout, not two
+                    self._on_failure(primary)
                     flags = await self._write_general(
-                        [raw], [stored], pxat, level, failed=self._failure(primary, exc)
+                        [raw], [stored], expiry, level, failed={primary: exc.reason}
                     )
                     return flags.count(2)
+                except ResponseError:
+                    self._errors[primary] += 1
+                    raise
                 else:
+                    if len(reply) > 1:  # taken under a new version: replicas get that one
+                        stored = values.with_version(stored, reply[1:])
                     self._announce((raw,))
                     if len(targets) > 1:
-                        assert self.sync is not None
                         for node in targets[1:]:
                             await self.sync.submit_values(
-                                node, [rkey], [stored], pxat, holder=primary
+                                node, [rkey], [stored], expiry, holder=primary
                             )
-                    return 1 if reply == b"2" else 0
-        return await self._write({raw: stored}, pxat, level)
+                    return 1 if reply[:1] in (b"2", b"4") else 0
+        return await self._write({raw: stored}, expiry, level)
 
-    def _failure(self, node: str, exc: NodeUnavailable | ResponseError) -> dict[str, str]:
-        """Count a failed call to ``node``; returns {node: reason} for the general path."""
-        if isinstance(exc, NodeUnavailable):
-            self._on_failure(node)
-            return {node: exc.reason}
-        self._errors[node] += 1  # reachable but refusing (OOM, ...)
-        return {node: str(exc)}
-
-    async def _write(self, table: dict[bytes, bytes], pxat: int, level: str) -> int:
+    async def _write(self, table: dict[bytes, bytes], expiry: int, level: str) -> int:
         """Write every key (raw key -> stored value) at ``level``; returns how many keys
         replaced a live value somewhere."""
         if level == "one":
             plain = self.router.plain()
             if plain is not None:
-                return await self._write_plain(table, pxat, *plain)
-        flags = await self._write_general(list(table), list(table.values()), pxat, level)
+                return await self._write_plain(table, expiry, *plain)
+        flags = await self._write_general(list(table), list(table.values()), expiry, level)
         return flags.count(2)
 
     async def _write_plain(
-        self, table: dict[bytes, bytes], pxat: int, ring: Ring, copies: int
+        self, table: dict[bytes, bytes], expiry: int, ring: Ring, copies: int
     ) -> int:
         """Level ``one`` with every node healthy: the hot path of ``set_many``.
 
@@ -335,53 +338,70 @@ class Writes:
         lost: _StrSet = set()
         gone: dict[str, str] = {}
         retry_later: list[_Segment] = []
+        refused: list[ResponseError] = []
+        restamped: list[tuple[str, bytes, bytes, bytes]] = []  # (node, raw, rkey, stored)
         limit = self.config.hint_limit
         sync = self.sync
-        mode = apply_mode(True, table.values())  # distinct: the keys come from a mapping
 
         async def send(node: str, call: _Call) -> None:
             nonlocal replaced
+            own = len(call.members)
             try:
-                reply = await self._pools[node].run_script(
-                    APPLY, call.rkeys, [limit, 0, mode, pxat, *call.stored]
-                )
-            except (NodeUnavailable, ResponseError) as exc:
-                gone.update(self._failure(node, exc))
+                # distinct: the keys come from a mapping; the node's own keys are first copies
+                argv = apply_argv(call.stored, expiry, hint_limit=limit, distinct=True, first=own)
+                reply = await self._pools[node].run_script(APPLY, call.rkeys, argv)
+            except NodeUnavailable as exc:
+                self._on_failure(node)
+                gone[node] = exc.reason
                 failed.extend(call.members)
                 lost.add(node)
                 retry_later.extend(call.riders)
                 return
-            own = len(call.members)
+            except ResponseError as exc:  # up, and took nothing: this call's error
+                self._errors[node] += 1
+                refused.append(exc)
+                lost.add(node)
+                sync.record_refused(len(call.rkeys) - own)
+                return
+            n = len(call.rkeys)
             replaced += reply.count(b"2", 0, own)
+            if len(reply) > n:  # own keys taken under new versions (only they can be)
+                replaced += reply.count(b"4", 0, own)
+                for i, version in _stamps(reply, n).items():
+                    new = values.with_version(call.stored[i], version)
+                    restamped.append((node, call.members[i], call.rkeys[i], new))
             if call.riders:
-                assert sync is not None
-                sync.record_inline(len(reply) - own, reply.count(b"0", own))
+                sync.record_inline(n - own, reply.count(b"0", own, n))
 
         await each_node(send, calls)
         self._announce(raws)
+        for node, raw, rkey, new in restamped:
+            for target in ring.preference_list(raw, copies)[1:]:
+                await sync.submit_values(target, [rkey], [new], expiry, holder=node)
         if failed:
             # the general path retries these around the failed node, with hints
             retry = await self._write_general(
-                failed, list(map(value_of, failed)), pxat, "one", failed=gone
+                failed, list(map(value_of, failed)), expiry, "one", failed=gone
             )
             replaced += retry.count(2)
         if later or retry_later:
-            assert sync is not None
             # riders of a failed call join the rest: the synchronizer tries their node
             # again and leaves hints on the primary if it fails
             for segment in (*later, *retry_later):
                 if segment.holder in lost:
                     continue  # the general path planned and queued these keys
                 await sync.submit_values(
-                    segment.target, segment.rkeys, segment.stored, pxat, holder=segment.holder
+                    segment.target, segment.rkeys, segment.stored, expiry, holder=segment.holder
                 )
+        if refused:
+            raise refused[0]
         return replaced
 
     async def _write_general(
         self,
         raws: list[bytes],
         stored: list[bytes],
-        pxat: int,
+        expiry: int,
         level: str,
         *,
         failed: Mapping[str, str] | None = None,
@@ -399,6 +419,9 @@ class Writes:
         flags = [0] * n
         acked: list[tuple[str, ...]] = [()] * n
         failed = dict(failed or {})
+        refused: dict[str, str] = {}  # up, but answered with an error: took nothing
+        refused_keys: set[int] = set()
+        stamps: dict[int, dict[str, bytes]] = {}  # new versions first copies gave keys
         avoid: _StrSet = set(failed)
         hinted: dict[int, _StrSet] = {}
         plans = self.router.write_plans(raws)
@@ -406,7 +429,6 @@ class Writes:
             self._plan_around(raws, plans, range(n), avoid)
         todo: Sequence[int] = range(n)
         limit = self.config.hint_limit
-        mode = apply_mode(True, stored)  # distinct: raws come from a mapping
         while True:
             calls: dict[str, list[int]] = defaultdict(list)
             any_missed = False
@@ -426,34 +448,42 @@ class Writes:
 
             async def call(node: str, idx: list[int], any_missed: bool = any_missed) -> None:
                 nonlocal newly_failed
-                argv: list[Any] = [limit, 0]
+                hints: list[HintGroup] = []
                 if any_missed:
                     missed: dict[str, list[bytes]] = defaultdict(list)
                     for i in idx:
                         for m in plans[i][1]:
                             missed[m].append(raws[i])
-                    argv[1] = len(missed)
-                    for m, members in missed.items():
-                        argv.extend(hint_keys(self.config.namespace, m))
-                        argv.append(len(members))
-                        argv.extend(members)
-                argv.append(mode)
-                argv.append(pxat)
-                argv.extend([stored[i] for i in idx])
+                    ns = self.config.namespace
+                    hints = [(*hint_keys(ns, m), members) for m, members in missed.items()]
+                # distinct: raws come from a mapping; every entry is the writer's own
+                argv = apply_argv(
+                    [stored[i] for i in idx],
+                    expiry,
+                    hint_limit=limit,
+                    distinct=True,
+                    hints=hints,
+                    first=len(idx),
+                )
                 try:
                     reply = await self._pools[node].run_script(APPLY, [rkeys[i] for i in idx], argv)
-                except (NodeUnavailable, ResponseError) as exc:
-                    if isinstance(exc, NodeUnavailable):
-                        self._on_failure(node)
-                        failed[node] = exc.reason
-                    else:  # reachable but refusing (OOM, ...)
-                        self._errors[node] += 1
-                        failed[node] = str(exc)
+                except NodeUnavailable as exc:
+                    self._on_failure(node)
+                    failed[node] = exc.reason
                     avoid.add(node)
                     newly_failed = True
                     return
-                for i, flag in zip(idx, reply, strict=True):
+                except ResponseError as exc:  # reachable but refusing (OOM, ...)
+                    self._errors[node] += 1
+                    refused[node] = str(exc)
+                    refused_keys.update(idx)
+                    return
+                given = _stamps(reply, len(idx)) if len(reply) > len(idx) else {}
+                for j, (i, flag) in enumerate(zip(idx, reply[: len(idx)], strict=True)):
                     acked[i] += (node,)
+                    if j in given:  # '3'/'4': applied under a new version
+                        stamps.setdefault(i, {})[node] = given[j]
+                        flag -= 2
                     if flag - 48 > flags[i]:
                         flags[i] = flag - 48
                 if any_missed:
@@ -465,14 +495,23 @@ class Writes:
             if not newly_failed:
                 break
             # re-plan the keys that still lack acknowledgements, around the failed nodes
-            todo = [i for i in range(n) if len(acked[i]) < need]
+            todo = [i for i in range(n) if len(acked[i]) < need and i not in refused_keys]
             if todo:
                 self._plan_around(raws, plans, todo, avoid)
+        if stamps:
+            await self._settle(rkeys, stored, expiry, acked, stamps)
         short = [i for i in range(n) if len(acked[i]) < required]
         if self.note_hinted is not None:
             missed_nodes = {m for i in range(n) for m in plans[i][1]} | avoid
             if missed_nodes:
                 self.note_hinted(missed_nodes)
+        if refused:
+            # an error of this call, not a missed write: no hint and no lag for the node;
+            # other copies may hold the new value, so near caches drop the keys first
+            self._announce(raws)
+            if avoid:
+                await self._hint_failed(raws, acked, hinted, avoid)
+            raise ResponseError("refused by " + ", ".join(f"{k} ({v})" for k, v in refused.items()))
         if short:
             # The copies that took the write hold the new value now (and a call that
             # timed out may have landed too): near caches must drop every key first.
@@ -493,7 +532,7 @@ class Writes:
         self._counters.hints_recorded += sum(len(h) for h in hinted.values())
         if avoid:
             await self._hint_failed(raws, acked, hinted, avoid)
-        await self._after_write(raws, rkeys, stored, pxat, plans, acked, level)
+        await self._after_write(raws, rkeys, stored, expiry, plans, acked, level)
         return flags
 
     def _plan_around(
@@ -510,6 +549,36 @@ class Writes:
             home = self.router.preference_list(raws[i])
             gone = tuple(h for h in home if h in avoid and h not in missed)
             plans[i] = (tuple(t for t in targets if t not in avoid), missed + gone)
+
+    async def _settle(
+        self,
+        rkeys: list[bytes],
+        stored: list[bytes],
+        expiry: int,
+        acked: list[tuple[str, ...]],
+        stamps: dict[int, dict[str, bytes]],
+    ) -> None:
+        """Keys that first copies took under new versions (the writer's clock was behind):
+        ``stored`` gets each key's highest one, and so do the copies that took another."""
+        fix: dict[str, list[int]] = defaultdict(list)
+        for i, given in stamps.items():
+            final = max(given.values())
+            stored[i] = values.with_version(stored[i], final)
+            for node in acked[i]:
+                if given.get(node) != final:
+                    fix[node].append(i)
+        limit = self.config.hint_limit
+
+        async def send(node: str, idx: list[int]) -> None:
+            argv = apply_argv([stored[i] for i in idx], expiry, hint_limit=limit, distinct=True)
+            try:
+                await self._pools[node].run_script(APPLY, [rkeys[i] for i in idx], argv)
+            except NodeUnavailable:
+                self._on_failure(node)  # its copy holds this write's data, an older version
+            except ResponseError:
+                self._errors[node] += 1
+
+        await each_node(send, fix)
 
     async def _hint_failed(
         self,
@@ -543,7 +612,7 @@ class Writes:
         raws: list[bytes],
         rkeys: list[bytes],
         stored: list[bytes],
-        pxat: int,
+        expiry: int,
         plans: list[tuple[tuple[str, ...], tuple[str, ...]]],
         acked: list[tuple[str, ...]],
         level: str,
@@ -551,11 +620,10 @@ class Writes:
         self._announce(raws)
         if level != "one" or self.router.copies < 2:
             return
-        assert self.sync is not None
         out: dict[tuple[str, str], list[Entry]] = defaultdict(list)
         for i, (targets, _) in enumerate(plans):
             holder = acked[i][0]
-            entry = (rkeys[i], stored[i], pxat)
+            entry = (rkeys[i], stored[i], expiry)
             for t in targets:
                 if t != holder:
                     out[(t, holder)].append(entry)

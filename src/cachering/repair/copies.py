@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
+from ..data.keys import data_prefix
 from ..data.scripts import APPLY
+from ..data.values import HEADER_LUA, HEADER_SIZE, version_of
 from ..errors import NodeUnavailable, ProtocolError, ResponseError
 from ..resp.pool import Pool
 from ..resp.script import Script
@@ -26,7 +28,6 @@ __all__ = [
     "read_copies",
     "read_versions",
     "scan_reply",
-    "version_of",
 ]
 
 DELETE_IF_SAME = Script(
@@ -35,10 +36,15 @@ DELETE_IF_SAME = Script(
 """Deletes ``KEYS[1]`` if its value is still exactly ``ARGV[1]``; answers 1 or 0."""
 # Deletes each key whose stored version (bytes 1..16) is still ARGV[i]; returns the count.
 _DELETE_IF_VERSION = Script(
-    "local n = 0 for i = 1, #KEYS do "
-    "local v = redis.pcall('GETRANGE', KEYS[i], 1, 16) "
-    "if v == ARGV[i] then n = n + redis.call('DEL', KEYS[i]) end "
-    "end return n"
+    HEADER_LUA
+    + """
+local n = 0
+for i = 1, #KEYS do
+  local v = redis.pcall('GETRANGE', KEYS[i], VERSION_FIRST - 1, VERSION_LAST - 1)
+  if v == ARGV[i] then n = n + redis.call('DEL', KEYS[i]) end
+end
+return n
+"""
 )
 Homes = Callable[[list[bytes]], list[tuple[str, ...]]]
 """Gives each raw key's home nodes (its preference list on the ring in force)."""
@@ -97,13 +103,6 @@ def scan_reply(node: str, reply: object) -> tuple[bytes, list[bytes]]:
     raise ProtocolError(node, f"SCAN answered {reply!r:.60}")
 
 
-def version_of(raw: object) -> bytes | None:
-    """The 16 version bytes of a stored value; None for anything not in the format."""
-    if isinstance(raw, bytes) and len(raw) >= 18 and raw[0] == 1:
-        return raw[1:17]
-    return None
-
-
 async def read_copies(
     pool: Pool,
     keys: Sequence[bytes],
@@ -130,7 +129,7 @@ async def read_versions(
 ) -> list[bytes | None]:
     """Each key's stored version (None: missing or not a cachering value)."""
     replies = await pool.pipeline(
-        [("GETRANGE", k, 0, 17) for k in keys], timeout=timeout, raise_on_error=False
+        [("GETRANGE", k, 0, HEADER_SIZE - 1) for k in keys], timeout=timeout, raise_on_error=False
     )
     return [version_of(r) for r in replies]
 
@@ -155,7 +154,7 @@ async def drop_stand_in_copies(
     is every copy some home cannot vouch for (missing, older, or the home did not answer).
     Errors are appended to ``errors`` and leave the copies where they are.
     """
-    prefix = f"{namespace}:k:".encode()
+    prefix = data_prefix(namespace)
     keys, where = [], []
     for raw, placed in zip(raws, homes(list(raws)), strict=True):
         if holder not in placed:

@@ -34,7 +34,9 @@ from typing import Any
 import anyio
 import attrs
 
-from ..data.scripts import apply_args, hint_keys
+from ..data.keys import data_pattern, data_prefix, hint_claim_key, hint_keys
+from ..data.scripts import apply_args
+from ..data.values import version_of
 from ..errors import ProtocolError
 from ..resp.pool import Pool
 from ..resp.script import Script
@@ -47,7 +49,6 @@ from .copies import (
     int_reply,
     read_copies,
     scan_reply,
-    version_of,
 )
 
 __all__ = [
@@ -102,7 +103,7 @@ async def pending_hints(
         hint, over = hint_keys(namespace, t)
         cmds.append(("SCARD", hint))
         cmds.append(("EXISTS", over))
-        cmds.append(("SCARD", _claim_key(namespace, t)))
+        cmds.append(("SCARD", hint_claim_key(namespace, t)))
 
     async def one(holder: str) -> None:
         pool = pools.get(holder)
@@ -153,7 +154,7 @@ async def hint_holders(
         mine = [t for t in targets if t != holder]
         if pool is None or not mine:
             return
-        keys = [[*hint_keys(namespace, t), _claim_key(namespace, t)] for t in mine]
+        keys = [[*hint_keys(namespace, t), hint_claim_key(namespace, t)] for t in mine]
         try:
             every = [k for group in keys for k in group]
             total = int_reply(
@@ -206,7 +207,7 @@ async def overflowed(
 
 async def clear_node(pool: Pool, namespace: str, *, batch: int = 1000, timeout: float = 5.0) -> int:  # noqa: ASYNC109
     """Delete every cachering data key (``{ns}:k:*``) on one node; returns how many."""
-    pattern = f"{namespace}:k:*".encode()
+    pattern = data_pattern(namespace)
     cursor: bytes | int = 0
     removed = 0
     while True:
@@ -226,11 +227,6 @@ def _members(node: str, reply: object) -> list[bytes]:
     if isinstance(reply, list) and all(isinstance(m, bytes) for m in reply):
         return reply
     raise ProtocolError(node, f"SRANDMEMBER answered {reply!r:.60}")
-
-
-def _claim_key(namespace: str, node: str) -> bytes:
-    """Hints being replayed right now (moved out of the hint set, see :func:`replay_hints`)."""
-    return f"{namespace}:hintclaim:{node}".encode()
 
 
 # Moves hint members into the claim set, so a hint recorded again for the same key while
@@ -280,8 +276,8 @@ async def replay_hints(
         result.errors.append("no pool for the node")
         return result
     hint_key, _ = hint_keys(namespace, node)
-    claim_key = _claim_key(namespace, node)
-    prefix = f"{namespace}:k:".encode()
+    claim_key = hint_claim_key(namespace, node)
+    prefix = data_prefix(namespace)
     while result.rounds < max_rounds:
         result.rounds += 1
         pending = progress = unreachable = False
@@ -362,7 +358,7 @@ async def _replay_batch(
             if raw is None or version is None:
                 continue
             current = best[i]
-            if current is None or version > current[0][1:17]:
+            if current is None or version > (version_of(current[0]) or b""):
                 best[i] = (raw, exp)
     if not answered:
         return None
@@ -413,8 +409,8 @@ async def resync_node(
     if target is None:
         result.errors.append("no pool for the node")
         return result
-    prefix = f"{namespace}:k:".encode()
-    pattern = prefix + b"*"
+    prefix = data_prefix(namespace)
+    pattern = data_pattern(namespace)
     ok = True
     for source in dict.fromkeys(sources):
         if source == node or source not in pools:

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 
+from ..data.keys import data_pattern, data_prefix
 from ..data.scripts import apply_args
 from ..errors import ProtocolError
 from ..resp.pool import Pool
@@ -69,9 +70,8 @@ async def anti_entropy(
     by ``batch``; there is never a round trip per key.
     """
     result = SweepResult()
-    prefix = f"{namespace}:k:".encode()
-    cut = len(prefix)
-    pattern = prefix + b"*"
+    cut = len(data_prefix(namespace))
+    pattern = data_pattern(namespace)
     writable = {t for t in targets if t in pools}
     ok = True
     for source in dict.fromkeys(sources):
