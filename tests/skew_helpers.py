@@ -151,7 +151,7 @@ async def _serve(setup: dict[str, Any]) -> None:
                     result = None if value is None else value.decode()
                 else:
                     raise ValueError(f"unknown op {op!r}")
-                await cluster.flush()
+                await cluster.wait_replicated()
             except Exception as exc:  # reported to the test, which decides
                 print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
             else:

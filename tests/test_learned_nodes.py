@@ -80,12 +80,13 @@ async def test_a_node_added_elsewhere_is_reached_with_its_own_password() -> None
                 await lead.add_node(specs[2])
                 await until(lambda: "s2" in other.topology, "other learns s2")
                 await until(
-                    lambda: other.status()["nodes"]["s2"].get("healthy") is True,
+                    lambda: other.status().as_dict()["nodes"]["s2"].get("healthy") is True,
                     "other reaches s2",
                 )
                 keys = [f"k{i}" for i in range(200)]
                 await other.set_many(dict.fromkeys(keys, b"v"), consistency="all")
-                assert other.metrics()["errors"].get("s2", 0) == 0, other.metrics()["errors"]
+                errors = other.metrics().as_dict()["errors"]
+                assert errors.get("s2", 0) == 0, errors
                 assert "s2" in other.router.ring
         direct = redis.Redis(host=specs[2].host, port=specs[2].port, password="pw-2")
         try:
