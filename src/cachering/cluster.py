@@ -22,10 +22,9 @@ around at once, before the leader has said anything.
 
 from __future__ import annotations
 
-import math
 import os
 from collections import defaultdict
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable
 from types import TracebackType
 from typing import Any
 
@@ -43,26 +42,17 @@ from .data.nearcache import (
     NearCache,
     NearCacheStats,
 )
+from .data.reads import Reads
 from .data.replication import Synchronizer
-from .data.routing import Router, each_node
+from .data.routing import Router
 from .data.scripts import APPLY
 from .data.writes import TTL, Items, Key, Value, Writes, key_bytes
-from .errors import NodeUnavailable, ResponseError
 from .events import EventBus, Subscription
 from .messages import Keyring, MessageCodec
 from .node import NodeSpec
 from .resp import Pool, PubSub
 
 __all__ = ["Cluster"]
-
-
-def _user_values(replies: list[bytes | None]) -> list[bytes | None]:
-    """:func:`values.user_bytes` of every reply, inlined for speed (the get_many hot path)."""
-    size, fmt = values.HEADER_SIZE, values.FORMAT
-    return [
-        r[size:] if r is not None and len(r) >= size and r[0] == fmt and not r[17] & 1 else None
-        for r in replies
-    ]
 
 
 class Cluster:
@@ -77,7 +67,6 @@ class Cluster:
         self.id = config.manager_id or self.instance.hex()
         """Manager id: ``config.manager_id`` or random."""
         self._clock = values.HybridClock(self.instance[:8])
-        self._prefix = f"{config.namespace}:k:".encode()
         self.router = Router(config, clock=anyio.current_time)
         """Routing state; the failover layer swaps rings and marks nodes through it."""
         self._pools: dict[str, Pool] = {}
@@ -103,6 +92,14 @@ class Cluster:
             on_failure=self._failed,
             ops=self._ops,
             errors=self._errors,
+            counts=self._counts,
+        )
+        self._reads = Reads(
+            config.namespace,
+            self.router,
+            self._pools,
+            on_failure=self._failed,
+            ops=self._ops,
             counts=self._counts,
         )
 
@@ -151,6 +148,7 @@ class Cluster:
             self._near = NearCache(c.near_cache_size, c.near_cache_ttl, clock=anyio.current_time)
             self._near.stats = self._near_stats
             self._writes.near = self._near
+            self._reads.near = self._near
             self._subscriber = InvalidationSubscriber(
                 self._near,
                 c.nodes,
@@ -329,137 +327,22 @@ class Cluster:
     async def get(self, key: Key) -> bytes | None:
         """The value of ``key``, or None. Falls back to the next copy if a node fails."""
         self._check_open()
-        raw = key_bytes(key)
-        self._ops["get"] += 1
-        near = self._near
-        if near is not None:
-            cached = near.get(raw)
-            if cached is not None:
-                self._counts["hits"] += 1
-                return cached
-        rkey = self._prefix + raw
-        generation = near.generation if near is not None else 0
-        for node in self.router.read_order(raw):
-            try:
-                if near is None:
-                    reply = await self._pools[node].execute("GET", rkey)
-                else:
-                    reply, pttl = await self._pools[node].pipeline([("GET", rkey), ("PTTL", rkey)])
-            except NodeUnavailable:
-                self._failed(node)
-                continue
-            value = values.user_bytes(reply)
-            if value is None:
-                self._counts["misses"] += 1
-                return None
-            self._counts["hits"] += 1
-            if near is not None:
-                near.put(raw, value, pttl / 1000 if pttl > 0 else None, generation)
-            return value
-        raise NodeUnavailable(self._who(raw), "no copy of the key could be read")
-
-    def _who(self, raw: bytes) -> str:
-        return ",".join(self.router.preference_list(raw))
-
-    async def _header(self, raw: bytes) -> tuple[bytes | None, int]:
-        rkey = self._prefix + raw
-        for node in self.router.read_order(raw):
-            try:
-                head, pttl = await self._pools[node].pipeline(
-                    [("GETRANGE", rkey, 0, values.HEADER_SIZE - 1), ("PTTL", rkey)]
-                )
-            except NodeUnavailable:
-                self._failed(node)
-                continue
-            return head, pttl
-        raise NodeUnavailable(self._who(raw), "no copy of the key could be read")
+        return await self._reads.get(key)
 
     async def exists(self, key: Key) -> bool:
         """Whether ``key`` holds a value (deleted and expired keys do not)."""
         self._check_open()
-        self._ops["exists"] += 1
-        head, _ = await self._header(key_bytes(key))
-        return values.user_bytes(head) is not None
+        return await self._reads.exists(key)
 
     async def ttl(self, key: Key) -> float | None:
         """Seconds until ``key`` expires; ``math.inf`` without expiry; None if missing."""
         self._check_open()
-        self._ops["ttl"] += 1
-        head, pttl = await self._header(key_bytes(key))
-        if values.user_bytes(head) is None or pttl == -2:
-            return None
-        return math.inf if pttl < 0 else pttl / 1000
+        return await self._reads.ttl(key)
 
     async def get_many(self, keys: Iterable[Key]) -> list[bytes | None]:
         """Values of ``keys`` (None where missing), in order; one MGET per node, in parallel."""
         self._check_open()
-        raws = [k.encode() if type(k) is str else key_bytes(k) for k in keys]
-        if not raws:
-            raise ValueError("get_many needs at least one key")
-        self._ops["get_many"] += 1
-        found: dict[bytes, bytes | None] = {}
-        todo = raws
-        near = self._near
-        if near is not None:
-            todo = []
-            for raw in raws:
-                cached = near.get(raw)
-                if cached is None:
-                    todo.append(raw)
-                else:
-                    found[raw] = cached
-        tried: dict[bytes, set[str]] = {}
-        generation = near.generation if near is not None else 0
-        while todo:
-            orders = self.router.read_orders(todo)
-            groups: dict[str, list[bytes]]
-            if orders is None and not tried:
-                groups = self.router.ring.group_by_node(todo)
-            else:
-                if orders is None:
-                    orders = [self.router.read_order(r) for r in todo]
-                groups = defaultdict(list)
-                for raw, order in zip(todo, orders, strict=True):
-                    skip = tried.get(raw, ())
-                    node = next((n for n in order if n not in skip), None)
-                    if node is None:
-                        raise NodeUnavailable(self._who(raw), "no copy of the key could be read")
-                    groups[node].append(raw)
-            failed: list[bytes] = []
-
-            async def fetch(node: str, batch: list[bytes], failed: list[bytes] = failed) -> None:
-                prefix = self._prefix
-                rkeys = [prefix + r for r in batch]
-                try:
-                    if near is None:
-                        replies = await self._pools[node].execute("MGET", *rkeys)
-                    else:
-                        cmds: list[Sequence[Any]] = [("MGET", *rkeys)]
-                        cmds.extend(("PTTL", k) for k in rkeys)
-                        replies, *pttls = await self._pools[node].pipeline(cmds)
-                except (NodeUnavailable, ResponseError) as exc:
-                    if isinstance(exc, NodeUnavailable):
-                        self._failed(node)
-                    for raw in batch:
-                        tried.setdefault(raw, set()).add(node)
-                    failed.extend(batch)
-                    return
-                user = values.user_bytes
-                if near is None:
-                    found.update(zip(batch, _user_values(replies), strict=True))
-                    return
-                for raw, reply, pttl in zip(batch, replies, pttls, strict=True):
-                    value = found[raw] = user(reply)
-                    if value is not None:
-                        near.put(raw, value, pttl / 1000 if pttl > 0 else None, generation)
-
-            await each_node(fetch, groups)
-            todo = failed
-        result = [found[r] for r in raws]
-        misses = result.count(None)
-        self._counts["hits"] += len(result) - misses
-        self._counts["misses"] += misses
-        return result
+        return await self._reads.get_many(keys)
 
     # ---------------------------------------------------------------- writes
 
