@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from types import TracebackType
 from typing import Any
 
@@ -47,10 +47,13 @@ from .data.replication import Synchronizer
 from .data.routing import Router
 from .data.scripts import APPLY
 from .data.writes import TTL, Items, Key, Value, Writes, key_bytes
+from .errors import NodeUnavailable, ResponseError
 from .events import EventBus, Subscription
 from .messages import Keyring, MessageCodec
 from .node import NodeSpec
+from .repair.fence import check_fence
 from .resp import Pool, PubSub
+from .resp.connection import Connection
 
 __all__ = ["Cluster"]
 
@@ -101,6 +104,8 @@ class Cluster:
             on_failure=self._failed,
             ops=self._ops,
             counts=self._counts,
+            default_level=config.read_consistency,
+            hint_limit=config.hint_limit,
         )
 
     # ---------------------------------------------------------------- lifecycle
@@ -111,9 +116,7 @@ class Cluster:
         self._state = "open"
         c = self.config
         for node in c.nodes:
-            self._pools[node.id] = Pool(
-                node, max_size=c.pool_size, connect_timeout=c.connect_timeout, timeout=c.timeout
-            )
+            self._pools[node.id] = self._data_pool(node)
         self._sync = Synchronizer(
             self._pools,
             APPLY,
@@ -218,6 +221,33 @@ class Cluster:
             raise RuntimeError("the Cluster is not open")
         return await self._tg.start(run)
 
+    def _data_pool(self, spec: NodeSpec) -> Pool:
+        c = self.config
+        return Pool(
+            spec,
+            max_size=c.pool_size,
+            connect_timeout=c.connect_timeout,
+            timeout=c.timeout,
+            on_connect=self._fence_check(spec.id) if c.control_plane else None,
+        )
+
+    def _fence_check(self, node: str) -> Callable[[Connection], Awaitable[None]]:
+        """What every new data connection to ``node`` checks first: that the node holds no
+        data from before a restart (:mod:`cachering.repair.fence`)."""
+
+        async def check(conn: Connection) -> None:
+            try:
+                fenced = await check_fence(conn, self.config.namespace, self.config.timeout)
+            except ResponseError:
+                return  # the server refuses INFO or GET here: cannot tell
+            control = self.control
+            if fenced or control is None or node in control.lagging:
+                return
+            control.note_restarted(node)
+            raise NodeUnavailable(node, "restarted with data from before; kept from reads")
+
+        return check
+
     def _check_open(self) -> None:
         if self._state != "open":
             raise RuntimeError("use the Cluster inside 'async with Cluster(config) as cluster:'")
@@ -232,16 +262,13 @@ class Cluster:
         c = self.config
         for tnode in topology.nodes:
             if tnode.id not in self._pools:
-                self._pools[tnode.id] = Pool(
-                    self.control.spec(tnode.id),
-                    max_size=c.pool_size,
-                    connect_timeout=c.connect_timeout,
-                    timeout=c.timeout,
-                )
+                self._pools[tnode.id] = self._data_pool(self.control.spec(tnode.id))
         lagging = self.control.lagging
+        # cut off from the majority: no node's state can be confirmed (unless opted out)
+        blind = self.control.partitioned and not c.stale_reads_in_partition
         self.router.swap(
             {n.id: n.weight for n in topology.nodes},
-            unreadable=[n.id for n in topology.nodes if not n.readable or n.id in lagging],
+            unreadable=[n.id for n in topology.nodes if blind or not n.readable or n.id in lagging],
             unwritable=[n.id for n in topology.nodes if not n.writable],
         )
         for node in suspects - self._health_marked:
@@ -324,10 +351,17 @@ class Cluster:
 
     # ---------------------------------------------------------------- reads
 
-    async def get(self, key: Key) -> bytes | None:
-        """The value of ``key``, or None. Falls back to the next copy if a node fails."""
+    async def get(self, key: Key, *, consistency: Consistency | None = None) -> bytes | None:
+        """The value of ``key``, or None.
+
+        ``consistency`` (default ``config.read_consistency``): ``"one"`` reads the first
+        readable home copy and falls back to the next if a node fails; ``"quorum"`` and
+        ``"all"`` read a majority (all) of the home copies, return the newest version and
+        repair the copies that are behind, or raise
+        :class:`~cachering.errors.ConsistencyError` if too few answer.
+        """
         self._check_open()
-        return await self._reads.get(key)
+        return await self._reads.get(key, consistency)
 
     async def exists(self, key: Key) -> bool:
         """Whether ``key`` holds a value (deleted and expired keys do not)."""
@@ -339,10 +373,15 @@ class Cluster:
         self._check_open()
         return await self._reads.ttl(key)
 
-    async def get_many(self, keys: Iterable[Key]) -> list[bytes | None]:
-        """Values of ``keys`` (None where missing), in order; one MGET per node, in parallel."""
+    async def get_many(
+        self, keys: Iterable[Key], *, consistency: Consistency | None = None
+    ) -> list[bytes | None]:
+        """Values of ``keys`` (None where missing), in order; one MGET per node, in parallel.
+
+        ``consistency`` as for :meth:`get`.
+        """
         self._check_open()
-        return await self._reads.get_many(keys)
+        return await self._reads.get_many(keys, consistency)
 
     # ---------------------------------------------------------------- writes
 

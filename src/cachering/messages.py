@@ -57,8 +57,9 @@ __all__ = [
     "RejectReason",
 ]
 
-MessageKind = Literal["topology", "leader", "suspect", "invalidate", "hello", "goodbye"]
-"""What a control message announces (``goodbye``: a manager leaves or steps down)."""
+MessageKind = Literal["topology", "leader", "suspect", "invalidate", "hello", "goodbye", "lagging"]
+"""What a control message announces (``goodbye``: a manager leaves or steps down;
+``lagging``: nodes that just missed writes or restarted, which must serve no reads)."""
 
 KINDS: Final[frozenset[str]] = frozenset(get_args(MessageKind))
 """Every accepted message kind."""

@@ -20,6 +20,7 @@ from ..errors import CacheringError, NodeUnavailable, NotLeader
 from ..events import EventBus, HintsReplayed
 from ..messages import MessageKind
 from ..node import NodeSpec
+from ..repair.fence import set_fence
 from ..repair.hints import (
     clear_node,
     overflowed,
@@ -73,6 +74,11 @@ class ControlHost(Protocol):
     @property
     def epoch(self) -> int:
         """The highest epoch the host has seen."""
+        ...
+
+    @property
+    def lagging(self) -> frozenset[str]:
+        """Nodes that must not serve reads (missed writes, or restarted with old data)."""
         ...
 
     def _pool(self, node_id: str) -> Pool: ...
@@ -248,11 +254,23 @@ class LeaderDuties:
                     self.host._tg.start_soon(self._repair, node, epoch, token)
                 elif self.repairs.get(node) == "done":
                     self.repairs.pop(node, None)
+                    if not await self._vouch(node):
+                        return
                     if await self._change(node, "up", epoch):
                         self.sweep_now.set()
                     return
         if self._ticks % _DRAIN_EVERY == 0:
             await self._drain_up_nodes()
+
+    async def _vouch(self, node: str) -> bool:
+        """A repaired node's data is the cluster's again: its fence names its run_id."""
+        try:
+            await set_fence(
+                self.host._pool(node), self.host.config.namespace, timeout=self.host.round_timeout
+            )
+        except (NodeUnavailable, OSError, CacheringError):
+            return False
+        return True
 
     async def _change(self, node: str, state: NodeState, epoch: int) -> bool:
         def change(current: Topology) -> Topology:
@@ -383,7 +401,9 @@ class LeaderDuties:
     async def sweep(self) -> SweepResult:
         """One anti-entropy sweep of the current topology, kept in :attr:`last_sweep`."""
         topo = self.host.topology
-        up = [n.id for n in topo.nodes if n.state == "up"]
+        # a lagging node may hold old copies, or copies of keys deleted since: no source
+        lagging = self.host.lagging
+        up = [n.id for n in topo.nodes if n.state == "up" and n.id not in lagging]
         writable = [n.id for n in topo.nodes if n.writable]
         for n in writable:
             self.host._pool(n)

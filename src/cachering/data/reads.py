@@ -1,9 +1,22 @@
 """The read engine of a :class:`~cachering.cluster.Cluster`: get, get_many, exists, ttl.
 
-Reads go to the key's readable home copies (:meth:`~cachering.data.routing.Router.read_order`),
-primary first, and fall back to the next copy on a connection error or timeout within
-the same call, so with one home copy alive a read does not fail. A near cache, when the
-cluster has one, answers first.
+Level ``one`` reads the key's readable home copies
+(:meth:`~cachering.data.routing.Router.read_order`), primary first, and falls back to the
+next copy on a connection error or timeout within the same call, so with one readable
+home copy alive a read does not fail. A near cache, when the cluster has one, answers
+first.
+
+Levels ``quorum`` and ``all`` read ``copies // 2 + 1`` (or all) of the key's *home*
+copies, whatever the routing state says of them (a lagging or recovering home still
+answers with a version, and the newest version wins; a stand-in is never asked: it holds
+a hint, not a copy of record), healthy homes first and the next home when one fails.
+The newest version among the answers is returned (a tombstone reads as None), and every
+answering home that holds an older version or none gets the newest copy, with its
+absolute expiry, through the apply-if-newer write script before the call returns (read
+repair), so a later read at the same level cannot return the older value. The near cache
+is neither asked nor filled at these levels. Because quorum writes count home copies
+only, a quorum read after an acknowledged quorum write returns it (or something newer)
+from any manager.
 """
 
 from __future__ import annotations
@@ -13,12 +26,50 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from ..errors import NodeUnavailable, ResponseError
+from ..config import Consistency
+from ..errors import ConsistencyError, NodeUnavailable, ResponseError
 from ..resp import Pool
+from ..resp.script import Script
 from . import values
 from .nearcache import NearCache
 from .routing import Router, each_node
+from .scripts import APPLY, apply_args
 from .writes import Key, key_bytes
+
+_LEVELS = ("one", "quorum", "all")
+# Each key's stored value and absolute expiry in ms (-1: none, -2: no key): what read
+# repair copies. PEXPIRETIME exists from Redis 7.0; before, PTTL plus the server's TIME.
+_READ_COPIES = Script(
+    r"""
+local out, now = {}, nil
+for i, key in ipairs(KEYS) do
+  local raw = redis.pcall('GET', key)
+  if type(raw) == 'table' then raw = false end
+  local exp = redis.pcall('PEXPIRETIME', key)
+  if type(exp) == 'table' then
+    exp = redis.call('PTTL', key)
+    if exp >= 0 then
+      if now == nil then
+        local t = redis.call('TIME')
+        now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+      end
+      exp = now + exp
+    end
+  end
+  out[2 * i - 1] = raw
+  out[2 * i] = exp
+end
+return out
+"""
+)
+
+
+def _version(raw: object) -> bytes:
+    """The comparable version of a reply; b"" (older than any) for none or a foreign value."""
+    if isinstance(raw, bytes) and len(raw) >= values.HEADER_SIZE and raw[0] == values.FORMAT:
+        return raw[1:17]
+    return b""
+
 
 __all__ = ["Reads"]
 
@@ -44,8 +95,12 @@ class Reads:
         on_failure: Callable[[str], None],
         ops: dict[str, int],
         counts: dict[str, int],
+        default_level: str = "one",
+        hint_limit: int = 100_000,
     ) -> None:
         self.router = router
+        self._default = default_level
+        self._hint_limit = hint_limit
         self._pools = pools
         self._prefix = f"{namespace}:k:".encode()
         self._on_failure = on_failure
@@ -57,10 +112,23 @@ class Reads:
     def _who(self, raw: bytes) -> str:
         return ",".join(self.router.preference_list(raw))
 
-    async def get(self, key: Key) -> bytes | None:
+    def level(self, consistency: object) -> str:
+        """The read level to use; ValueError for an unknown one."""
+        if consistency is None:
+            return self._default
+        if consistency not in _LEVELS:
+            raise ValueError(f"consistency must be one of {_LEVELS}, got {consistency!r}")
+        return str(consistency)
+
+    async def get(self, key: Key, consistency: Consistency | None = None) -> bytes | None:
         """What :meth:`Cluster.get <cachering.cluster.Cluster.get>` does."""
         raw = key_bytes(key)
+        level = self.level(consistency)
         self._ops["get"] += 1
+        if level != "one":
+            (value,) = await self._read_level([raw], level)
+            self._counts["hits" if value is not None else "misses"] += 1
+            return value
         near = self.near
         if near is not None:
             cached = near.get(raw)
@@ -115,16 +183,23 @@ class Reads:
             return None
         return math.inf if pttl < 0 else pttl / 1000
 
-    async def get_many(self, keys: Iterable[Key]) -> list[bytes | None]:
+    async def get_many(
+        self, keys: Iterable[Key], consistency: Consistency | None = None
+    ) -> list[bytes | None]:
         """What :meth:`Cluster.get_many <cachering.cluster.Cluster.get_many>` does."""
         raws = [k.encode() if type(k) is str else key_bytes(k) for k in keys]
         if not raws:
             raise ValueError("get_many needs at least one key")
+        level = self.level(consistency)
         self._ops["get_many"] += 1
         found: dict[bytes, bytes | None] = {}
         todo = raws
         near = self.near
-        if near is not None:
+        if level != "one":
+            result = await self._read_level(list(dict.fromkeys(raws)), level)
+            found = dict(zip(dict.fromkeys(raws), result, strict=True))
+            todo = []
+        elif near is not None:
             todo = []
             for raw in raws:
                 cached = near.get(raw)
@@ -197,3 +272,121 @@ class Reads:
 
         await each_node(fetch, groups)
         return failed
+
+    # ---------------------------------------------------------------- quorum and all
+
+    def _home_orders(self, raws: list[bytes]) -> list[tuple[str, ...]]:
+        """Each key's home copies, the ones not failing nor down first."""
+        router = self.router
+        homes = router.ring.preference_lists(raws, router.copies)
+        bad = router.suspects() | router.unwritable
+        if not bad:
+            return homes
+        return [
+            (*(n for n in h if n not in bad), *(n for n in h if n in bad)) if bad & set(h) else h
+            for h in homes
+        ]
+
+    async def _read_level(self, raws: list[bytes], level: str) -> list[bytes | None]:
+        """Read ``raws`` (distinct) at ``quorum`` or ``all``; repairs stale home copies."""
+        orders = self._home_orders(raws)
+        copies = self.router.copies
+        required = copies // 2 + 1 if level == "quorum" else copies
+        answers: list[dict[str, bytes | None]] = [{} for _ in raws]
+        asked = [0] * len(raws)
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, order in enumerate(orders):
+            asked[i] = min(required, len(order))
+            for node in order[:required]:
+                groups[node].append(i)
+        failures: dict[str, str] = {}
+        while groups:
+            failed = await self._read_homes(raws, groups, answers, failures)
+            groups = defaultdict(list)
+            for i in failed:
+                if asked[i] < len(orders[i]):
+                    groups[orders[i][asked[i]]].append(i)
+                    asked[i] += 1
+        short = [i for i in range(len(raws)) if len(answers[i]) < required]
+        if short:
+            got = min(len(answers[i]) for i in short)
+            raise ConsistencyError(
+                f"{len(short)} of {len(raws)} key(s) got {got} answer(s) of the {required} "
+                f"home copies that read consistency {level!r} needs; failed: "
+                + (", ".join(f"{k} ({v})" for k, v in failures.items()) or "none reachable"),
+                failed=failures,
+                acknowledged=got,
+                required=required,
+            )
+        newest = [max(a.items(), key=lambda item: _version(item[1])) for a in answers]
+        await self._repair(raws, answers, newest)
+        return [values.user_bytes(reply) for _, reply in newest]
+
+    async def _read_homes(
+        self,
+        raws: list[bytes],
+        groups: dict[str, list[int]],
+        answers: list[dict[str, bytes | None]],
+        failures: dict[str, str],
+    ) -> list[int]:
+        """One MGET per node, in parallel, into ``answers``; returns the keys whose node failed."""
+        failed: list[int] = []
+        prefix = self._prefix
+
+        async def fetch(node: str, idx: list[int]) -> None:
+            try:
+                replies = await self._pools[node].execute("MGET", *[prefix + raws[i] for i in idx])
+            except (NodeUnavailable, ResponseError) as exc:
+                if isinstance(exc, NodeUnavailable):
+                    self._on_failure(node)
+                failures[node] = str(exc)
+                failed.extend(idx)
+                return
+            for i, reply in zip(idx, replies, strict=True):
+                answers[i][node] = reply
+
+        await each_node(fetch, groups)
+        return failed
+
+    async def _repair(
+        self,
+        raws: list[bytes],
+        answers: list[dict[str, bytes | None]],
+        newest: list[tuple[str, bytes | None]],
+    ) -> None:
+        """Give every answering home that is behind the newest copy (read repair)."""
+        behind: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+        no_write = self.router.unwritable
+        for i, (source, best) in enumerate(newest):
+            top = _version(best)
+            if not top:
+                continue
+            for node, reply in answers[i].items():
+                if node != source and node not in no_write and _version(reply) < top:
+                    behind[source][node].append(i)
+        prefix = self._prefix
+        for source, targets in behind.items():
+            idx = sorted({i for group in targets.values() for i in group})
+            try:
+                flat = await self._pools[source].run_script(
+                    _READ_COPIES, [prefix + raws[i] for i in idx], []
+                )
+            except (NodeUnavailable, ResponseError):
+                self._counts["read_repairs_failed"] += 1
+                continue
+            copy = {i: (flat[2 * j], flat[2 * j + 1]) for j, i in enumerate(idx)}
+            for node, group in targets.items():
+                entries = [
+                    (prefix + raws[i], raw, max(int(exp), 0))
+                    for i in group
+                    if isinstance(raw := copy[i][0], bytes) and (exp := copy[i][1]) != -2
+                ]
+                if not entries:
+                    continue
+                keys, argv = apply_args(entries, hint_limit=self._hint_limit, distinct=True)
+                try:
+                    await self._pools[node].run_script(APPLY, keys, argv)
+                except (NodeUnavailable, ResponseError):
+                    self._counts["read_repairs_failed"] += len(entries)
+                else:
+                    self._counts["read_repairs"] += len(entries)
