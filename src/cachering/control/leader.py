@@ -303,11 +303,12 @@ class LeaderDuties:
             return None
 
     async def _clear_if_overflowed(self, node: str) -> bool:
-        """A recovering node whose hint log overflowed: delete its keys first."""
+        """A recovering node whose hint log overflowed, or that restarted (it may hold a
+        snapshot's old copies, and copies of keys deleted since): delete its keys first."""
         marked = await self._overflowed(node)
         if marked is None:
             return False
-        if not marked:
+        if not marked and node not in self.empty:
             return True
         try:
             cleared = await clear_node(
