@@ -42,7 +42,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import math
 import os
 import time
 from collections import OrderedDict
@@ -54,7 +53,7 @@ import attrs
 from anyio.abc import TaskGroup, TaskStatus
 
 from ..config import ClusterConfig
-from ..errors import CacheringError, NodeUnavailable, NotLeader
+from ..errors import NodeUnavailable, NotLeader
 from ..events import (
     EventBus,
     NodeAdded,
@@ -67,12 +66,11 @@ from ..events import (
 )
 from ..messages import ControlMessage, Keyring, MessageCodec, MessageKind, MessageRejected
 from ..node import NodeSpec
-from ..repair.fence import check_fence, mark_restarted
-from ..repair.hints import pending_hints
 from ..repair.sweep import SweepResult
 from ..resp.pool import Pool
 from ..resp.pubsub import PubSub
 from .election import Election, fan_out, read_states
+from .guard import ReadGuard
 from .health import HealthMonitor
 from .leader import LeaderDuties
 from .scripts import control_keys
@@ -154,14 +152,20 @@ class ControlPlane:
         self._wire_seen: OrderedDict[bytes, set[str]] = OrderedDict()
         self._reread = anyio.Event()
         self._reported: dict[str, float] = {}
-        self._noted: dict[str, float] = {}  # nodes with hints pending -> when first noted
-        self._announced: dict[str, float] = {}  # node -> when its lag was last announced
-        self._to_announce: set[str] = set()
-        self._lag_event = anyio.Event()
-        # nodes that restarted holding old data -> whether the overflow markers are set
-        self._restarted_nodes: dict[str, bool] = {}
-        self._confirmed_at = 0.0  # last time a majority of the nodes answered heartbeats
-        self._partitioned = False
+        self.reads = ReadGuard(
+            config,
+            voters=self.voters,
+            majority=self.majority,
+            round_timeout=self.round_timeout,
+            topology=lambda: self.topology,
+            pool=self._pool,
+            pools=lambda: self._pools,
+            health=self.health,
+            send=self._send,
+            epoch=lambda: self.epoch,
+            notify=self._notify,
+        )
+        """Which nodes must serve no reads on this manager (:mod:`cachering.control.guard`)."""
         self.counters: dict[str, int] = {
             "topology_commits": 0,
             "topology_commit_failures": 0,
@@ -250,8 +254,7 @@ class ControlPlane:
                 tg.start_soon(self._refresher)
                 tg.start_soon(self._tick_loop)
                 tg.start_soon(self._duties.anti_entropy_loop)
-                tg.start_soon(self._lag_announcer)
-                self._confirmed_at = anyio.current_time()
+                await tg.start(self.reads.run)
                 task_status.started()
         finally:
             self._tg = None
@@ -374,7 +377,7 @@ class ControlPlane:
             nodes = body["nodes"]
             if not isinstance(nodes, list) or not all(isinstance(n, str) for n in nodes):
                 raise ValueError("bad lagging message")
-            self._note([n for n in nodes[:1024] if n in self.topology], announce=False)
+            self.reads.note([n for n in nodes[:1024] if n in self.topology], announce=False)
 
     async def _announce_leader(self, epoch: int) -> None:
         await self._send("leader", epoch, {"topology": list(self.topology.stamp)})
@@ -437,27 +440,7 @@ class ControlPlane:
         self._duties.empty.add(node)
         self.election.request_seed()
         self._reread.set()
-        self.note_restarted(node)
-
-    def note_restarted(self, node: str) -> None:
-        """``node`` restarted (a new run_id, or data its fence does not vouch for): it
-        serves no reads until the leader cleared and resynced it (see
-        :mod:`cachering.repair.fence`); the overflow markers that say so are set now."""
-        if node not in self.topology or node in self._restarted_nodes:
-            return
-        self._restarted_nodes[node] = False
-        self._note([node])
-        if self._tg is not None:
-            self._tg.start_soon(self._mark_restarted, node)
-
-    async def _mark_restarted(self, node: str) -> None:
-        holders = [n for n in self.topology.ids if n != node]
-        pools = {n: self._pool(n) for n in holders}
-        marked = await mark_restarted(
-            pools, self.config.namespace, node, holders, self.round_timeout
-        )
-        if marked and node in self._restarted_nodes:
-            self._restarted_nodes[node] = True
+        self.reads.note_restarted(node)
 
     async def _refresh(self, source: str) -> None:
         """Read every node; adopt the newest valid topology; a leader repairs stale copies."""
@@ -513,112 +496,13 @@ class ControlPlane:
         while True:
             start = anyio.current_time()
             await self._report_suspects()
-            await self._check_lagging()
-            self._check_partition()
+            await self.reads.check()
             if self.is_leader:
                 if self._duties.restamped != self.epoch:
                     await self._duties.restamp(self.epoch)
                 else:
                     await self._duties.lead()
             await anyio.sleep_until(start + interval)
-
-    def note_hinted(self, nodes: Iterable[str]) -> None:
-        """The data path just recorded hints for ``nodes``: read from them no more until the
-        hints were replayed (see :attr:`lagging`), and tell every other manager so at once
-        (a signed ``lagging`` message), rather than on its next heartbeat tick."""
-        self._note(nodes)
-
-    def _note(self, nodes: Iterable[str], *, announce: bool = True) -> None:
-        now = anyio.current_time()
-        added = False
-        again = self.config.heartbeat_interval / 4
-        for node in nodes:
-            added |= node not in self._noted
-            self._noted[node] = now
-            if announce and now - self._announced.get(node, -math.inf) >= again:
-                self._announced[node] = now
-                self._to_announce.add(node)
-        if self._to_announce:
-            self._lag_event.set()
-        if added:
-            self._notify()
-
-    async def _lag_announcer(self) -> None:
-        """Send the pending ``lagging`` announcements, many nodes per message."""
-        while True:
-            await self._lag_event.wait()
-            self._lag_event = anyio.Event()
-            nodes, self._to_announce = sorted(self._to_announce), set()
-            with anyio.move_on_after(self.round_timeout * 2):
-                await self._send("lagging", self.epoch, {"nodes": nodes})
-
-    @property
-    def lagging(self) -> frozenset[str]:
-        """Nodes that missed writes not replayed yet, or restarted with data not repaired
-        yet: they must not serve reads."""
-        return frozenset(self._noted) | frozenset(self._restarted_nodes)
-
-    @property
-    def partitioned(self) -> bool:
-        """Whether this manager has not reached a majority of the nodes for longer than the
-        election timeout (the leader lease): it cannot confirm its topology."""
-        return self._partitioned
-
-    def _check_partition(self) -> None:
-        now = anyio.current_time()
-        voters = self.voters
-        answered = sum(1 for v in voters if (r := self.health.nodes.get(v)) and r.healthy)
-        if answered >= self.majority:
-            self._confirmed_at = now
-        cut = now - self._confirmed_at > self.config.effective_election_timeout
-        if cut != self._partitioned:
-            self._partitioned = cut
-            logger.warning(
-                "cachering: %s the nodes' majority",
-                "cut off from" if cut else "reconnected to",
-            )
-            self._notify()
-
-    async def _check_lagging(self) -> None:
-        """Ask every node which nodes still have hints; forget the replayed ones."""
-        started = anyio.current_time()
-        ids = list(self.topology.ids)
-        counts = await pending_hints(
-            self._pools, self.config.namespace, ids, ids, self.round_timeout
-        )
-        before = frozenset(self._noted)
-        for node, count in counts.items():
-            if count:
-                self._noted.setdefault(node, started)
-            elif node in self._noted and self._noted[node] < started:
-                del self._noted[node]
-        for node in list(self._noted):
-            if node not in self.topology:
-                del self._noted[node]
-        await self._check_restarted()
-        if frozenset(self._noted) != before:
-            self._notify()
-
-    async def _check_restarted(self) -> None:
-        """Forget restarted nodes once their markers are set and their fence vouches for
-        their data again (the leader cleared and resynced them); retry failed markers."""
-        for node, marked in list(self._restarted_nodes.items()):
-            if node not in self.topology:
-                del self._restarted_nodes[node]
-                continue
-            if not marked:
-                await self._mark_restarted(node)
-                continue
-            try:
-                with anyio.fail_after(self.round_timeout):
-                    fenced = await check_fence(
-                        self._pool(node), self.config.namespace, self.round_timeout
-                    )
-            except (NodeUnavailable, TimeoutError, OSError, CacheringError):
-                continue
-            if fenced:
-                del self._restarted_nodes[node]
-                self._notify()
 
     async def _report_suspects(self) -> None:
         if self.config.down_quorum <= 1:
@@ -634,6 +518,25 @@ class ControlPlane:
                 continue
             self._reported[node] = now
             await self._send("suspect", self.epoch, {"node": node, "suspect": rec.suspect})
+
+    def note_hinted(self, nodes: Iterable[str]) -> None:
+        """The data path just recorded hints for ``nodes``: read from them no more until the
+        hints were replayed (see :attr:`lagging`), and tell every other manager so at once."""
+        self.reads.note(nodes)
+
+    def note_restarted(self, node: str) -> None:
+        """``node`` holds data from before a restart: no reads until it was repaired."""
+        self.reads.note_restarted(node)
+
+    @property
+    def lagging(self) -> frozenset[str]:
+        """Nodes that must not serve reads (missed writes, or restarted with old data)."""
+        return self.reads.lagging
+
+    @property
+    def partitioned(self) -> bool:
+        """Whether this manager is cut off from the nodes' majority past the election timeout."""
+        return self.reads.partitioned
 
     # ------------------------------------------------------------------ leader only
 
