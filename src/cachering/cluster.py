@@ -51,7 +51,7 @@ from .errors import NodeUnavailable, ResponseError
 from .events import EventBus, Subscription
 from .messages import Keyring, MessageCodec
 from .node import NodeSpec
-from .repair.fence import check_fence
+from .repair.fence import fence_key, read_fence
 from .resp import Pool, PubSub
 from .resp.connection import Connection
 
@@ -87,6 +87,7 @@ class Cluster:
         self.control: ControlPlane | None = None
         """The failover layer (None when ``config.control_plane`` is off)."""
         self._health_marked: frozenset[str] = frozenset()
+        self._run_ids: dict[str, str] = {}  # node -> run_id its data connections last saw
         self._writes = Writes(
             config,
             self.router,
@@ -236,15 +237,27 @@ class Cluster:
         data from before a restart (:mod:`cachering.repair.fence`)."""
 
         async def check(conn: Connection) -> None:
+            ns, timeout = self.config.namespace, self.config.timeout
             try:
-                fenced = await check_fence(conn, self.config.namespace, self.config.timeout)
+                run_id, fence = await read_fence(conn, ns, timeout)
+                if run_id is None:
+                    return  # the server hides INFO: cannot tell
+                known = self._run_ids.get(node)
+                self._run_ids[node] = run_id
+                if fence is None:
+                    await conn.execute("SET", fence_key(ns), run_id, "NX", timeout=timeout)
+                    if known is None or known == run_id:
+                        return
+                    reason = "restarted empty"  # under our eyes: resync it before reads
+                elif fence == run_id.encode():
+                    return
+                else:
+                    reason = "restarted with data from before, not repaired yet"
             except ResponseError:
-                return  # the server refuses INFO or GET here: cannot tell
-            control = self.control
-            if fenced or control is None or node in control.lagging:
-                return
-            control.note_restarted(node)
-            raise NodeUnavailable(node, "restarted with data from before; kept from reads")
+                return  # the server refuses INFO, GET or SET here: cannot tell
+            if self.control is not None:
+                self.control.note_restarted(node)
+            raise NodeUnavailable(node, reason)
 
         return check
 

@@ -7,7 +7,10 @@ one that restarts empty has none. So:
 
 - every new data connection of a manager compares the two (:func:`check_fence`): equal,
   or no fence yet (a fresh or empty node, which gets the fence with ``SET NX``), is fine;
-  different means the data predates the restart, and the node is kept from reads;
+  different means the data predates the restart: the connection is refused (the call
+  falls back as for a node failure, quorum reads included) until the node is repaired.
+  A manager that saw another run_id on an earlier connection also knows of a restart
+  when the fence is missing (the node came back empty);
 - a node kept from reads for this reason gets an overflow marker for it on every other
   node (:func:`mark_restarted`): to the leader and to every manager it then looks like a
   node whose hint log overflowed, so it serves no reads, is cleared (every data key
@@ -30,7 +33,14 @@ from ..data.scripts import hint_keys
 from ..resp.pool import Pool
 from .copies import ERRORS
 
-__all__ = ["check_fence", "fence_key", "mark_restarted", "run_id_of", "set_fence"]
+__all__ = [
+    "check_fence",
+    "fence_key",
+    "mark_restarted",
+    "read_fence",
+    "run_id_of",
+    "set_fence",
+]
 
 
 def fence_key(namespace: str) -> bytes:
@@ -50,18 +60,30 @@ def run_id_of(info: object) -> str | None:
     return None
 
 
+async def read_fence(
+    conn: Any,
+    namespace: str,
+    timeout: float,  # noqa: ASYNC109
+) -> tuple[str | None, bytes | None]:
+    """The node's current run_id and its fence (None where missing or unreadable), read
+    through ``conn`` (a Connection or a Pool) in one round trip."""
+    info, fence = await conn.pipeline(
+        [("INFO", "server"), ("GET", fence_key(namespace))], timeout=timeout
+    )
+    return run_id_of(info), fence if isinstance(fence, bytes) else None
+
+
 async def check_fence(conn: Any, namespace: str, timeout: float) -> bool:  # noqa: ASYNC109
     """Whether the node behind ``conn`` (a Connection or a Pool) holds only data the
-    cluster vouches for: False when its fence names another server process."""
-    key = fence_key(namespace)
-    info, fence = await conn.pipeline([("INFO", "server"), ("GET", key)], timeout=timeout)
-    run_id = run_id_of(info)
+    cluster vouches for: False when its fence names another server process. A node with
+    no fence yet (fresh, or restarted empty) gets one naming its run_id."""
+    run_id, fence = await read_fence(conn, namespace, timeout)
     if run_id is None:
         return True  # cannot tell (a server that hides INFO): treated as before
     if fence is None:
-        await conn.execute("SET", key, run_id, "NX", timeout=timeout)
+        await conn.execute("SET", fence_key(namespace), run_id, "NX", timeout=timeout)
         return True
-    return bool(fence == run_id.encode())
+    return fence == run_id.encode()
 
 
 async def set_fence(pool: Pool, namespace: str, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
