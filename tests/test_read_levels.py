@@ -8,6 +8,7 @@ through its own FaultProxy, so the other managers still see that node's old copy
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import anyio
@@ -196,3 +197,38 @@ async def test_lag_is_announced_to_other_managers_at_once(
         assert "n3" not in reader.router.read_order(key.encode())
         assert await reader.get(key) == b"new"
         proxies["n3"].heal()
+
+
+_READER = """
+import sys, anyio
+from cachering import Cluster, ClusterConfig, NodeSpec
+
+async def main():
+    ns, key, level, *addrs = sys.argv[1:]
+    nodes = [NodeSpec(f"n{i}", "127.0.0.1", int(p)) for i, p in enumerate(addrs)]
+    cfg = ClusterConfig(nodes=nodes, namespace=ns, replicas=3, control_plane=False, timeout=0.5)
+    async with Cluster(cfg) as cluster:
+        for _ in range(20):
+            print((await cluster.get(key, consistency=level)).decode())
+
+anyio.run(main)
+"""
+
+
+async def test_quorum_read_in_another_process(local: LocalCluster) -> None:
+    ns = "rlp"
+    async with (
+        proxied(local) as (specs, proxies),
+        Cluster(config(specs, ns, replicas=3, control_plane=False)) as writer,
+    ):
+        key = _key_on(writer, "n1", "o")
+        await writer.set(key, b"old", consistency="all")
+        proxies["n1"].blackhole()  # the writer cannot reach n1; the other process can
+        await writer.set(key, b"new", consistency="quorum")
+        ports = [str(n.port) for n in local.nodes]
+        done = await anyio.run_process(
+            [sys.executable, "-c", _READER, ns, key, "quorum", *ports], check=False
+        )
+        assert done.returncode == 0, done.stderr.decode()[-2000:]
+        assert done.stdout.decode().split() == ["new"] * 20
+        proxies["n1"].heal()
