@@ -232,3 +232,23 @@ async def test_quorum_read_in_another_process(local: LocalCluster) -> None:
         assert done.returncode == 0, done.stderr.decode()[-2000:]
         assert done.stdout.decode().split() == ["new"] * 20
         proxies["n1"].heal()
+
+
+async def test_quorum_get_many_repairs_a_stale_home(
+    local: LocalCluster, inspect: Inspector
+) -> None:
+    ns = "rlm"
+    async with Cluster(config(local.nodes, ns, replicas=2, control_plane=False)) as cluster:
+        keys = [f"m{i}" for i in range(300)]
+        await cluster.set_many({k: b"old" for k in keys}, consistency="all")
+        await cluster.set_many({k: b"new" for k in keys}, consistency="all")
+        # a home loses the newer copies behind the cluster's back (a failed replica write)
+        victim = keys[7]
+        home = cluster.preference_list(victim)[1]
+        stale = [k for k in keys if cluster.preference_list(k)[1] == home][:20]
+        for k in stale:
+            inspect.clients[home].delete(f"{ns}:k:{k}")
+        assert await cluster.get_many(keys, consistency="quorum") == [b"new"] * len(keys)
+        for k in stale:
+            assert values.user_bytes(inspect.raw(home, ns, k)) == b"new"
+        assert cluster.metrics()["ops"]["get_many"] == 1

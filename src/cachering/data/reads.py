@@ -30,6 +30,7 @@ from ..config import Consistency
 from ..errors import ConsistencyError, NodeUnavailable, ResponseError
 from ..resp import Pool
 from ..resp.script import Script
+from ..ring import Ring
 from . import values
 from .nearcache import NearCache
 from .routing import Router, each_node
@@ -196,8 +197,8 @@ class Reads:
         todo = raws
         near = self.near
         if level != "one":
-            result = await self._read_level(list(dict.fromkeys(raws)), level)
-            found = dict(zip(dict.fromkeys(raws), result, strict=True))
+            distinct = list(dict.fromkeys(raws))
+            found = dict(zip(distinct, await self._read_level(distinct, level), strict=True))
             todo = []
         elif near is not None:
             todo = []
@@ -289,14 +290,18 @@ class Reads:
 
     async def _read_level(self, raws: list[bytes], level: str) -> list[bytes | None]:
         """Read ``raws`` (distinct) at ``quorum`` or ``all``; repairs stale home copies."""
-        orders = self._home_orders(raws)
         copies = self.router.copies
         required = copies // 2 + 1 if level == "quorum" else copies
-        answers: list[dict[str, bytes | None]] = [{} for _ in raws]
-        asked = [0] * len(raws)
+        plain = self.router.plain()
+        if plain is not None and len(raws) > 1:
+            found = await self._read_plain(raws, plain[0], copies, required)
+            if found is not None:
+                return found
+        orders = self._home_orders(raws)
+        answers: list[list[tuple[str, bytes | None]]] = [[] for _ in raws]
+        asked = [required] * len(raws)
         groups: dict[str, list[int]] = defaultdict(list)
         for i, order in enumerate(orders):
-            asked[i] = min(required, len(order))
             for node in order[:required]:
                 groups[node].append(i)
         failures: dict[str, str] = {}
@@ -307,26 +312,105 @@ class Reads:
                 if asked[i] < len(orders[i]):
                     groups[orders[i][asked[i]]].append(i)
                     asked[i] += 1
-        short = [i for i in range(len(raws)) if len(answers[i]) < required]
+        if failures:
+            self._check_answers(answers, required, level, failures)
+        newest: list[bytes | None] = []
+        differ: list[int] = []
+        for i, got in enumerate(answers):
+            first = got[0][1]
+            if all(reply == first for _, reply in got):
+                newest.append(first)  # the common case: every copy the same
+            else:
+                newest.append(max((reply for _, reply in got), key=_version))
+                differ.append(i)
+        if differ:
+            await self._repair(raws, answers, newest, differ)
+        return [values.user_bytes(reply) for reply in newest]
+
+    async def _read_plain(
+        self, raws: list[bytes], ring: Ring, copies: int, required: int
+    ) -> list[bytes | None] | None:
+        """Every node healthy: keys grouped by home copies, one MGET per node, and each
+        group's replies compared as whole lists (the per-key Python work is what bounds a
+        large read). None if a node failed: the caller takes the general path."""
+        prefix = self._prefix.__add__
+        groups = list(ring.group_by_preference(raws, copies).items())
+        calls: dict[str, list[tuple[int, int]]] = defaultdict(list)  # node -> (group, start)
+        rkeys: dict[str, list[bytes]] = defaultdict(list)
+        for g, (pref, members) in enumerate(groups):
+            mapped = list(map(prefix, members))
+            for node in pref[:required]:
+                calls[node].append((g, len(rkeys[node])))
+                rkeys[node] += mapped
+        replies: dict[tuple[int, str], list[bytes | None]] = {}
+        broken = False
+
+        async def fetch(node: str, spans: list[tuple[int, int]]) -> None:
+            nonlocal broken
+            try:
+                got = await self._pools[node].execute("MGET", *rkeys[node])
+            except (NodeUnavailable, ResponseError) as exc:
+                if isinstance(exc, NodeUnavailable):
+                    self._on_failure(node)
+                broken = True
+                return
+            for g, start in spans:
+                replies[(g, node)] = got[start : start + len(groups[g][1])]
+
+        await each_node(fetch, calls)
+        if broken:
+            return None
+        found: dict[bytes, bytes | None] = {}
+        same_keys: list[bytes] = []  # keys whose copies all agree, and their replies
+        same: list[bytes | None] = []
+        answers: list[list[tuple[str, bytes | None]]] = []
+        newest: list[bytes | None] = []
+        stale: list[bytes] = []
+        for g, (pref, members) in enumerate(groups):
+            lists = [(node, replies[(g, node)]) for node in pref[:required]]
+            first = lists[0][1]
+            if all(other == first for _, other in lists[1:]):
+                same_keys += members
+                same += first
+                continue
+            for j, raw in enumerate(members):
+                got = [(node, rows[j]) for node, rows in lists]
+                best = max((reply for _, reply in got), key=_version)
+                found[raw] = values.user_bytes(best)
+                if any(reply != best for _, reply in got):
+                    stale.append(raw)
+                    answers.append(got)
+                    newest.append(best)
+        found.update(zip(same_keys, _user_values(same), strict=True))
+        if stale:
+            await self._repair(stale, answers, newest, list(range(len(stale))))
+        return [found[r] for r in raws]
+
+    @staticmethod
+    def _check_answers(
+        answers: list[list[tuple[str, bytes | None]]],
+        required: int,
+        level: str,
+        failures: dict[str, str],
+    ) -> None:
+        """Raise :class:`ConsistencyError` if a key got fewer answers than ``required``."""
+        short = [len(a) for a in answers if len(a) < required]
         if short:
-            got = min(len(answers[i]) for i in short)
+            got = min(short)
             raise ConsistencyError(
-                f"{len(short)} of {len(raws)} key(s) got {got} answer(s) of the {required} "
+                f"{len(short)} of {len(answers)} key(s) got {got} answer(s) of the {required} "
                 f"home copies that read consistency {level!r} needs; failed: "
-                + (", ".join(f"{k} ({v})" for k, v in failures.items()) or "none reachable"),
+                + ", ".join(f"{k} ({v})" for k, v in failures.items()),
                 failed=failures,
                 acknowledged=got,
                 required=required,
             )
-        newest = [max(a.items(), key=lambda item: _version(item[1])) for a in answers]
-        await self._repair(raws, answers, newest)
-        return [values.user_bytes(reply) for _, reply in newest]
 
     async def _read_homes(
         self,
         raws: list[bytes],
         groups: dict[str, list[int]],
-        answers: list[dict[str, bytes | None]],
+        answers: list[list[tuple[str, bytes | None]]],
         failures: dict[str, str],
     ) -> list[int]:
         """One MGET per node, in parallel, into ``answers``; returns the keys whose node failed."""
@@ -343,7 +427,7 @@ class Reads:
                 failed.extend(idx)
                 return
             for i, reply in zip(idx, replies, strict=True):
-                answers[i][node] = reply
+                answers[i].append((node, reply))
 
         await each_node(fetch, groups)
         return failed
@@ -351,18 +435,20 @@ class Reads:
     async def _repair(
         self,
         raws: list[bytes],
-        answers: list[dict[str, bytes | None]],
-        newest: list[tuple[str, bytes | None]],
+        answers: list[list[tuple[str, bytes | None]]],
+        newest: list[bytes | None],
+        differ: list[int],
     ) -> None:
         """Give every answering home that is behind the newest copy (read repair)."""
         behind: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
         no_write = self.router.unwritable
-        for i, (source, best) in enumerate(newest):
-            top = _version(best)
+        for i in differ:
+            top = _version(newest[i])
             if not top:
                 continue
-            for node, reply in answers[i].items():
-                if node != source and node not in no_write and _version(reply) < top:
+            source = next(node for node, reply in answers[i] if reply is newest[i])
+            for node, reply in answers[i]:
+                if node not in no_write and _version(reply) < top:
                     behind[source][node].append(i)
         prefix = self._prefix
         for source, targets in behind.items():
@@ -372,7 +458,7 @@ class Reads:
                     _READ_COPIES, [prefix + raws[i] for i in idx], []
                 )
             except (NodeUnavailable, ResponseError):
-                self._counts["read_repairs_failed"] += 1
+                self._counts["read_repairs_failed"] += len(idx)
                 continue
             copy = {i: (flat[2 * j], flat[2 * j + 1]) for j, i in enumerate(idx)}
             for node, group in targets.items():
