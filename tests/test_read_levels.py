@@ -20,6 +20,7 @@ from cachering.data import values
 from cachering.errors import ConsistencyError
 from cachering.local import LocalCluster
 from cachering.local.faults import FaultProxy
+from cachering.messages import ControlMessage, Keyring, MessageCodec
 from cluster_helpers import Inspector, config
 
 pytestmark = pytest.mark.anyio
@@ -252,3 +253,33 @@ async def test_quorum_get_many_repairs_a_stale_home(
         for k in stale:
             assert values.user_bytes(inspect.raw(home, ns, k)) == b"new"
         assert cluster.metrics()["ops"]["get_many"] == 1
+
+
+async def test_hostile_lagging_messages_are_dropped(
+    local: LocalCluster, inspect: Inspector
+) -> None:
+    ns = "rlx"
+    cfg = _slow_config(local.nodes, ns, "r")
+    codec = MessageCodec(Keyring({"0": SECRET}, active="0"), ns, cfg.max_message_size)
+    async with Cluster(cfg) as reader:
+        control = reader.control
+        assert control is not None
+        before = control.codec.drops.snapshot()["malformed"]
+        bodies: list[dict[str, object]] = [
+            {"nodes": "n0"},
+            {"nodes": [1, 2]},
+            {},
+            {"nodes": ["nowhere", "x" * 200]},
+        ]
+        channel = f"{ns}:ctl"
+        client = inspect.clients["n0"]
+        await _until(lambda: client.pubsub_numsub(channel)[0][1] >= 1, 20.0, "subscribed")
+        for seq, body in enumerate(bodies, start=1):
+            msg = ControlMessage("lagging", ns, "evil", epoch=0, seq=seq, body=body)
+            client.publish(channel, codec.encode(msg))
+        await _until(
+            lambda: control.codec.drops.snapshot()["malformed"] >= before + 3, 20.0, "drops"
+        )
+        assert not control.lagging  # unknown nodes are ignored
+        await reader.set("k", b"v")
+        assert await reader.get("k") == b"v"
