@@ -252,6 +252,7 @@ async def test_quorum_get_many_repairs_a_stale_home(
         assert await cluster.get_many(keys, consistency="quorum") == [b"new"] * len(keys)
         for k in stale:
             assert values.user_bytes(inspect.raw(home, ns, k)) == b"new"
+        assert cluster.metrics()["read_repairs"] == len(stale)
         assert cluster.metrics()["ops"]["get_many"] == 1
 
 

@@ -471,6 +471,8 @@ class Cluster:
             "errors": dict(self._errors),
             "hints_recorded": self._counts["hints_recorded"]
             + (s.hints_recorded if s is not None else 0),
+            "read_repairs": self._counts["read_repairs"],
+            "read_repairs_failed": self._counts["read_repairs_failed"],
             "suspects": sorted(self.router.suspects()) if self._state == "open" else [],
             "sync": {
                 "queue_depth": self._sync.depth if self._sync is not None else 0,
