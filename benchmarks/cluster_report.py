@@ -23,7 +23,10 @@ the machine's cores here, so the second figure is the client's own cost:
    by side, measured in alternating blocks: the median of ``--pairs`` per-pair ratios.
    Target: >= 0.6x. Twice: rewriting the same 1,000 keys (overwrites) and writing 1,000
    new keys every call (inserts, which cost the servers more).
-4. 100,000 replica writes through the batched synchronizer versus one script call per
+4. Read levels: a single ``get`` and a 1,000-key ``get_many`` at ``quorum`` (both home
+   copies with replicas=2, newest wins) versus at ``one``, interleaved in the same
+   cluster, every node healthy: medians per call. Target: <= 1.3x.
+5. 100,000 replica writes through the batched synchronizer versus one script call per
    key (10 concurrent callers, the pool size). Target: >= 10x.
 """
 
@@ -154,6 +157,9 @@ def cachering_single(nodes: Sequence[NodeSpec], backend: str, n: int) -> dict[st
                         "get": lambda: cluster.get("lat"),
                         "set": lambda: cluster.set("lat", VALUE),
                     }
+                    if replicas == 2:
+                        # a read of both home copies (newest wins) against one copy
+                        calls["get quorum"] = lambda: cluster.get("lat", consistency="quorum")
                     if replicas == 1:
                         # what the server side of a set costs, without the cluster layer:
                         # the write script, and a script that does nothing
@@ -171,6 +177,22 @@ def cachering_single(nodes: Sequence[NodeSpec], backend: str, n: int) -> dict[st
                                 await call()
                                 if block >= 0:  # the first block warms up
                                     times[name].append(time.perf_counter() - start)
+                    if replicas == 2:
+                        await cluster.set_many(dict.fromkeys(KEYS, VALUE))
+                        await cluster.flush()
+                        many: dict[str, Callable[[], Awaitable[Any]]] = {
+                            "get_many one": lambda: cluster.get_many(KEYS),
+                            "get_many quorum": lambda: cluster.get_many(KEYS, consistency="quorum"),
+                        }
+                        for name in many:
+                            times[name] = []
+                        for block in range(-1, max(1, n // 200)):
+                            for name, call in many.items():
+                                for _ in range(5):
+                                    start = time.perf_counter()
+                                    await call()
+                                    if block >= 0:
+                                        times[name].append(time.perf_counter() - start)
                 for name, seq in times.items():
                     out[f"{name} r={replicas}"] = statistics.median(seq) * 1e6
         return out
@@ -319,6 +341,20 @@ def main() -> None:
         for r in (1, 2):
             name = f"single {op} r={r} vs Pool PING (median)"
             row(name, s[f"{op} r={r}"], s[f"ping r={r}"], "us", "<=1.25x")
+    row(
+        "single get quorum r=2 vs get one r=2 (median)",
+        s["get quorum r=2"],
+        s["get r=2"],
+        "us",
+        "<=1.3x",
+    )
+    row(
+        "get_many 1k quorum r=2 vs one r=2 (median)",
+        s["get_many quorum r=2"],
+        s["get_many one r=2"],
+        "us",
+        "<=1.3x",
+    )
     for op in ("APPLY_ONE", "empty script"):
         row(f"{op} through Pool vs Pool PING (median)", s[f"{op} r=1"], s["ping r=1"], "us", "info")
     for keys, pairs in replication.items():

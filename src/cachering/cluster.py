@@ -22,12 +22,9 @@ around at once, before the leader has said anything.
 
 from __future__ import annotations
 
-import math
 import os
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
@@ -43,8 +40,9 @@ from .data.nearcache import (
     InvalidationSubscriber,
     NearCache,
 )
+from .data.reads import Reads
 from .data.replication import Synchronizer
-from .data.routing import Router, each_node
+from .data.routing import Router
 from .data.scripts import APPLY
 from .data.servertime import ServerTime
 from .data.writes import TTL, Items, Key, Value, Writes, key_bytes
@@ -65,7 +63,9 @@ from .metrics import (
     snapshot_of,
 )
 from .node import NodeSpec
+from .repair.fence import fence_key, read_fence
 from .resp import Pool, PubSub, ReplyLimits
+from .resp.connection import Connection
 from .snapshot import LoopSnapshot
 from .tracing import traced
 
@@ -111,6 +111,16 @@ class Cluster:
         """The failover layer (None when ``config.control_plane`` is off)."""
         self._health_marked: frozenset[str] = frozenset()
         self._writes: Writes  # built complete in __aenter__, used only while open
+        self._run_ids: dict[str, str] = {}  # node -> run_id its data connections last saw
+        self._reads = Reads(
+            config.namespace,
+            self.router,
+            self._pools,
+            on_failure=self._failed,
+            counters=self._counters,
+            default_level=config.read_consistency,
+            hint_limit=config.hint_limit,
+        )
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -119,15 +129,8 @@ class Cluster:
             raise RuntimeError("a Cluster can be entered only once")
         self._state = "open"
         c = self.config
-        limits = ReplyLimits.for_values(c.max_value_size)
         for node in c.nodes:
-            self._pools[node.id] = Pool(
-                node,
-                max_size=c.pool_size,
-                connect_timeout=c.connect_timeout,
-                timeout=c.timeout,
-                limits=limits,
-            )
+            self._pools[node.id] = self._data_pool(node)
         self._sync = Synchronizer(
             self._pools,
             APPLY,
@@ -159,6 +162,7 @@ class Cluster:
         if c.near_cache_size:
             self._near = NearCache(c.near_cache_size, c.near_cache_ttl, clock=anyio.current_time)
             self._near.stats = self._near_stats
+            self._reads.near = self._near
             self._subscriber = InvalidationSubscriber(
                 self._near,
                 c.nodes,
@@ -246,6 +250,46 @@ class Cluster:
             for pool in self._pools.values():
                 await pool.aclose()
 
+    def _data_pool(self, spec: NodeSpec) -> Pool:
+        c = self.config
+        return Pool(
+            spec,
+            max_size=c.pool_size,
+            connect_timeout=c.connect_timeout,
+            timeout=c.timeout,
+            limits=ReplyLimits.for_values(c.max_value_size),
+            on_connect=self._fence_check(spec.id) if c.control_plane else None,
+        )
+
+    def _fence_check(self, node: str) -> Callable[[Connection], Awaitable[None]]:
+        """What every new data connection to ``node`` checks first: that the node holds no
+        data from before a restart (:mod:`cachering.repair.fence`)."""
+
+        async def check(conn: Connection) -> None:
+            ns, timeout = self.config.namespace, self.config.timeout
+            try:
+                run_id, fence = await read_fence(conn, ns, timeout)
+                if run_id is None:
+                    return  # the server hides INFO: cannot tell
+                known = self._run_ids.get(node)
+                self._run_ids[node] = run_id
+                if fence is None:
+                    await conn.execute("SET", fence_key(ns), run_id, "NX", timeout=timeout)
+                    if known is None or known == run_id:
+                        return
+                    reason = "restarted empty"  # under our eyes: resync it before reads
+                elif fence == run_id.encode():
+                    return
+                else:
+                    reason = "restarted with data from before, not repaired yet"
+            except ResponseError:
+                return  # the server refuses INFO, GET or SET here: cannot tell
+            if self.control is not None:
+                self.control.note_restarted(node)
+            raise NodeUnavailable(node, reason)
+
+        return check
+
     def _check_open(self) -> None:
         if self._state != "open":
             raise RuntimeError("use the Cluster inside 'async with Cluster(config) as cluster:'")
@@ -260,17 +304,13 @@ class Cluster:
         c = self.config
         for tnode in topology.nodes:
             if tnode.id not in self._pools:
-                self._pools[tnode.id] = Pool(
-                    self.control.spec(tnode.id),
-                    max_size=c.pool_size,
-                    connect_timeout=c.connect_timeout,
-                    timeout=c.timeout,
-                    limits=ReplyLimits.for_values(c.max_value_size),
-                )
+                self._pools[tnode.id] = self._data_pool(self.control.spec(tnode.id))
         lagging = self.control.lagging
+        # cut off from the majority: no node's state can be confirmed (unless opted out)
+        blind = self.control.partitioned and not c.stale_reads_in_partition
         self.router.swap(
             {n.id: n.weight for n in topology.nodes},
-            unreadable=[n.id for n in topology.nodes if not n.readable or n.id in lagging],
+            unreadable=[n.id for n in topology.nodes if blind or not n.readable or n.id in lagging],
             unwritable=[n.id for n in topology.nodes if not n.writable],
         )
         for node in suspects - self._health_marked:
@@ -372,145 +412,40 @@ class Cluster:
     # ---------------------------------------------------------------- reads
 
     @traced("get", "key")
-    async def get(self, key: Key) -> bytes | None:
-        """The value of ``key``, or None. Falls back to the next copy if a node fails."""
+    async def get(self, key: Key, *, consistency: Consistency | None = None) -> bytes | None:
+        """The value of ``key``, or None.
+
+        ``consistency`` (default ``config.read_consistency``): ``"one"`` reads the first
+        readable home copy and falls back to the next if a node fails; ``"quorum"`` and
+        ``"all"`` read a majority (all) of the home copies, return the newest version and
+        repair the copies that are behind, or raise
+        :class:`~cachering.errors.ConsistencyError` if too few answer.
+        """
         self._check_open()
-        raw = key_bytes(key)
-        self._ops["get"] += 1
-        near = self._near
-        if near is not None:
-            cached = near.get(raw)
-            if cached is not None:
-                self._counters.hits += 1
-                return cached
-        rkey = self._prefix + raw
-        generation = near.generation if near is not None else 0
-        for node in self.router.read_order(raw):
-            try:
-                if near is None:
-                    reply = await self._pools[node].execute("GET", rkey)
-                else:
-                    reply, pttl = await self._pools[node].pipeline([("GET", rkey), ("PTTL", rkey)])
-            except NodeUnavailable:
-                self._failed(node)
-                continue
-            value = values.user_bytes(reply)
-            if value is None:
-                self._counters.misses += 1
-                return None
-            self._counters.hits += 1
-            if near is not None:
-                near.put(raw, value, pttl / 1000 if pttl > 0 else None, generation)
-            return value
-        raise NodeUnavailable(self._who(raw), "no copy of the key could be read")
-
-    def _who(self, raw: bytes) -> str:
-        return ",".join(self.router.preference_list(raw))
-
-    async def _header(self, raw: bytes) -> tuple[bytes | None, int]:
-        rkey = self._prefix + raw
-        for node in self.router.read_order(raw):
-            try:
-                head, pttl = await self._pools[node].pipeline(
-                    [("GETRANGE", rkey, 0, values.HEADER_SIZE - 1), ("PTTL", rkey)]
-                )
-            except NodeUnavailable:
-                self._failed(node)
-                continue
-            return head, pttl
-        raise NodeUnavailable(self._who(raw), "no copy of the key could be read")
+        return await self._reads.get(key, consistency)
 
     @traced("exists", "key")
     async def exists(self, key: Key) -> bool:
         """Whether ``key`` holds a value (deleted and expired keys do not)."""
         self._check_open()
-        self._ops["exists"] += 1
-        head, _ = await self._header(key_bytes(key))
-        return values.user_bytes(head) is not None
+        return await self._reads.exists(key)
 
     @traced("ttl", "key")
     async def ttl(self, key: Key) -> float | None:
         """Seconds until ``key`` expires; ``math.inf`` without expiry; None if missing."""
         self._check_open()
-        self._ops["ttl"] += 1
-        head, pttl = await self._header(key_bytes(key))
-        if values.user_bytes(head) is None or pttl == -2:
-            return None
-        return math.inf if pttl < 0 else pttl / 1000
+        return await self._reads.ttl(key)
 
     @traced("get_many", "batch")
-    async def get_many(self, keys: Iterable[Key]) -> list[bytes | None]:
+    async def get_many(
+        self, keys: Iterable[Key], *, consistency: Consistency | None = None
+    ) -> list[bytes | None]:
         """Values of ``keys`` (None where missing), in order; one MGET per node, in parallel.
 
-        No keys: an empty list, as redis-py and Django answer."""
+        ``consistency`` as for :meth:`get`.
+        """
         self._check_open()
-        raws = [k.encode() if type(k) is str else key_bytes(k) for k in keys]
-        if not raws:
-            return []
-        self._ops["get_many"] += 1
-        found: dict[bytes, bytes | None] = {}
-        todo = raws
-        near = self._near
-        if near is not None:
-            todo = []
-            for raw in raws:
-                cached = near.get(raw)
-                if cached is None:
-                    todo.append(raw)
-                else:
-                    found[raw] = cached
-        tried: dict[bytes, set[str]] = {}
-        generation = near.generation if near is not None else 0
-        while todo:
-            orders = self.router.read_orders(todo)
-            groups: dict[str, list[bytes]]
-            if orders is None and not tried:
-                groups = self.router.ring.group_by_node(todo)
-            else:
-                if orders is None:
-                    orders = [self.router.read_order(r) for r in todo]
-                groups = defaultdict(list)
-                for raw, order in zip(todo, orders, strict=True):
-                    skip = tried.get(raw, ())
-                    node = next((n for n in order if n not in skip), None)
-                    if node is None:
-                        raise NodeUnavailable(self._who(raw), "no copy of the key could be read")
-                    groups[node].append(raw)
-            failed: list[bytes] = []
-
-            async def fetch(node: str, batch: list[bytes], failed: list[bytes] = failed) -> None:
-                prefix = self._prefix
-                rkeys = [prefix + r for r in batch]
-                try:
-                    if near is None:
-                        replies = await self._pools[node].execute("MGET", *rkeys)
-                    else:
-                        cmds: list[Sequence[Any]] = [("MGET", *rkeys)]
-                        cmds.extend(("PTTL", k) for k in rkeys)
-                        replies, *pttls = await self._pools[node].pipeline(cmds)
-                except (NodeUnavailable, ResponseError) as exc:
-                    if isinstance(exc, NodeUnavailable):
-                        self._failed(node)
-                    for raw in batch:
-                        tried.setdefault(raw, set()).add(node)
-                    failed.extend(batch)
-                    return
-                user = values.user_bytes
-                if near is None:
-                    found.update(zip(batch, values.user_values(replies), strict=True))
-                    return
-                for raw, reply, pttl in zip(batch, replies, pttls, strict=True):
-                    value = found[raw] = user(reply)
-                    if value is not None:
-                        near.put(raw, value, pttl / 1000 if pttl > 0 else None, generation)
-
-            await each_node(fetch, groups)
-            todo = failed
-        result = [found[r] for r in raws]
-        misses = result.count(None)
-        self._counters.hits += len(result) - misses
-        self._counters.misses += misses
-        return result
+        return await self._reads.get_many(keys, consistency)
 
     # ---------------------------------------------------------------- writes
 

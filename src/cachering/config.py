@@ -186,7 +186,14 @@ class ClusterConfig:
         can be shared by a 1-node dev setup and a 5-node fleet. ``vnodes``, ``hash``,
         ``seed``: ring parameters (see :class:`~cachering.ring.Ring`). ``consistency``:
         default write level, ``"one"`` (primary synchronously, replicas batched in the
-        background), ``"quorum"`` (``copies // 2 + 1`` acknowledgements) or ``"all"``.
+        background), ``"quorum"`` (``copies // 2 + 1`` acknowledgements from home copies;
+        a stand-in's does not count) or ``"all"`` (every home copy).
+        ``read_consistency``: default read level, ``"one"`` (the first readable home copy
+        that answers), ``"quorum"`` (a majority of home copies, newest version wins, stale
+        copies repaired) or ``"all"`` (every home copy). ``stale_reads_in_partition``:
+        keep serving ``one`` reads from nodes this manager cannot confirm with a majority
+        of the nodes for longer than the election timeout (default False: such nodes
+        serve no ``one`` reads until confirmed again).
         ``namespace``: prefix of every Redis key the cluster stores (data under
         ``{namespace}:k:``, internal keys under ``{namespace}:``).
         ``connect_timeout``/``timeout``: seconds per connection attempt / per command.
@@ -239,6 +246,10 @@ class ClusterConfig:
     consistency: Consistency = attrs.field(
         default="one", kw_only=True, validator=_choice("one", "quorum", "all")
     )
+    read_consistency: Consistency = attrs.field(
+        default="one", kw_only=True, validator=_choice("one", "quorum", "all")
+    )
+    stale_reads_in_partition: bool = attrs.field(default=False, kw_only=True, validator=_check_flag)
     namespace: str = attrs.field(default="cachering", kw_only=True, validator=_check_namespace)
     connect_timeout: float = attrs.field(default=1.0, kw_only=True, validator=_seconds(0))
     timeout: float = attrs.field(default=1.0, kw_only=True, validator=_seconds(0))

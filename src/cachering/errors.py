@@ -80,9 +80,10 @@ class ResponseError(CacheringError):
 
 
 class ConsistencyError(CacheringError):
-    """A write could not collect the acknowledgements its consistency level needs.
+    """A write (or a read) could not collect the acknowledgements (answers) from home
+    copies that its consistency level needs.
 
-    ``failed`` maps each node that did not acknowledge to the reason.
+    ``failed`` maps each node that did not acknowledge (answer) to the reason.
     """
 
     def __init__(self, message: str, failed: dict[str, str], acknowledged: int, required: int):

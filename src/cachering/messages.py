@@ -63,8 +63,9 @@ __all__ = [
     "key_id_problem",
 ]
 
-MessageKind = Literal["topology", "leader", "suspect", "invalidate", "goodbye"]
-"""What a control message announces (``goodbye``: a manager leaves or steps down)."""
+MessageKind = Literal["topology", "leader", "suspect", "invalidate", "goodbye", "lagging"]
+"""What a control message announces (``goodbye``: a manager leaves or steps down;
+``lagging``: nodes that just missed writes or restarted, which must serve no reads)."""
 
 KINDS: Final[frozenset[str]] = frozenset(get_args(MessageKind))
 """Every accepted message kind."""

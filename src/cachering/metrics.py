@@ -147,6 +147,12 @@ class CallCounters:
     errors: dict[str, int] = counter_map(  # noqa: RUF009 - a field spec with a factory
         "cachering_node_errors", "Failed calls by node.", label="node"
     )
+    read_repairs: int = counter(
+        "cachering_read_repairs", "Home copies brought up to date by quorum and all reads."
+    )
+    read_repairs_failed: int = counter(
+        "cachering_read_repairs_failed", "Read repairs that a home did not take."
+    )
     hints_recorded: int = counter(
         "cachering_hints_recorded", "Hints kept for missed nodes.", labels={"source": "write"}
     )

@@ -69,6 +69,11 @@ def _print_summary(summary: dict[str, Any], style: Style) -> None:
     w(f"  hit rate          {fmt_percent(summary['hit_rate'])}")
     w(f"  failed reads      {summary['failed_reads']}")
     w(f"  failed writes     {summary['failed_writes']} (never acknowledged, so allowed)")
+    if summary.get("replicas") == 2 and summary["failed_writes"]:
+        w(
+            "    with replicas=2 a quorum is both home copies: a quorum write of a key whose"
+            " home is down fails until it returns (replicas=3 keeps quorum writes going)"
+        )
     w(
         f"  lost ack. writes  {summary['lost_acknowledged_writes']} "
         f"(every one of {summary['keys']:,} keys read back)"

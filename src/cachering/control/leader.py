@@ -23,6 +23,7 @@ from ..events import EventBus, HintsReplayed
 from ..messages import MessageKind
 from ..metrics import ControlCounters
 from ..node import NodeSpec
+from ..repair.fence import set_fence
 from ..repair.hints import (
     clear_node,
     hint_holders,
@@ -84,6 +85,11 @@ class ControlHost(Protocol):
     @property
     def epoch(self) -> int:
         """The highest epoch the host has seen."""
+        ...
+
+    @property
+    def lagging(self) -> frozenset[str]:
+        """Nodes that must not serve reads (missed writes, or restarted with old data)."""
         ...
 
     def _pool(self, node_id: str) -> Pool: ...
@@ -269,10 +275,22 @@ class LeaderDuties:
                     self.host._tg.start_soon(self._repair, node, epoch, token)
                 elif self.repairs.get(node) == "done":
                     self.repairs.pop(node, None)
+                    if not await self._vouch(node):
+                        return
                     if await self._change(node, "up", epoch):
                         self.sweep_now.set()
                     return
         await self._drain_up_nodes()
+
+    async def _vouch(self, node: str) -> bool:
+        """A repaired node's data is the cluster's again: its fence names its run_id."""
+        try:
+            await set_fence(
+                self.host._pool(node), self.host.config.namespace, timeout=self.host.round_timeout
+            )
+        except (NodeUnavailable, OSError, CacheringError):
+            return False
+        return True
 
     async def _change(self, node: str, state: NodeState, epoch: int) -> bool:
         def change(current: Topology) -> Topology:
@@ -305,11 +323,12 @@ class LeaderDuties:
             return None
 
     async def _clear_if_overflowed(self, node: str) -> bool:
-        """A recovering node whose hint log overflowed: delete its keys first."""
+        """A recovering node whose hint log overflowed, or that restarted (it may hold a
+        snapshot's old copies, and copies of keys deleted since): delete its keys first."""
         marked = await self._overflowed(node)
         if marked is None:
             return False
-        if not marked:
+        if not marked and node not in self.empty:
             return True
         try:
             cleared = await clear_node(
@@ -403,7 +422,9 @@ class LeaderDuties:
     async def sweep(self) -> SweepResult:
         """One anti-entropy sweep of the current topology, kept in :attr:`last_sweep`."""
         topo = self.host.topology
-        up = [n.id for n in topo.nodes if n.state == "up"]
+        # a lagging node may hold old copies, or copies of keys deleted since: no source
+        lagging = self.host.lagging
+        up = [n.id for n in topo.nodes if n.state == "up" and n.id not in lagging]
         writable = [n.id for n in topo.nodes if n.writable]
         for n in writable:
             self.host._pool(n)

@@ -67,12 +67,12 @@ from ..events import (
 from ..messages import ControlMessage, Keyring, MessageCodec, MessageKind, MessageRejected
 from ..metrics import ControlCounters, NodeStatus, Status, TopologyStamp
 from ..node import NodeSpec
-from ..repair.hints import hint_holders
 from ..repair.sweep import SweepResult
 from ..resp.connection import ReplyLimits
 from ..resp.pool import Pool
 from ..resp.pubsub import PubSub
 from .election import Election, fan_out, read_states
+from .guard import ReadGuard
 from .health import HealthMonitor
 from .leader import LeaderDuties
 from .scripts import control_keys
@@ -154,7 +154,20 @@ class ControlPlane:
         self._wire_seen: OrderedDict[bytes, set[str]] = OrderedDict()
         self._reread = anyio.Event()
         self._reported: dict[str, float] = {}
-        self._noted: dict[str, float] = {}  # nodes with hints pending -> when first noted
+        self.reads = ReadGuard(
+            config,
+            voters=self.voters,
+            majority=self.majority,
+            round_timeout=self.round_timeout,
+            topology=lambda: self.topology,
+            pool=self._pool,
+            pools=lambda: self._pools,
+            health=self.health,
+            send=self._send,
+            epoch=lambda: self.epoch,
+            notify=self._notify,
+        )
+        """Which nodes must serve no reads on this manager (:mod:`cachering.control.guard`)."""
         self.counters = ControlCounters()
         """What the control plane counts (declared in :mod:`cachering.metrics`)."""
         # the leader's work: topology commits, repair, anti-entropy, membership
@@ -229,6 +242,7 @@ class ControlPlane:
                 tg.start_soon(self._refresher)
                 tg.start_soon(self._tick_loop)
                 tg.start_soon(self._duties.anti_entropy_loop)
+                await tg.start(self.reads.run)
                 task_status.started()
         finally:
             self._tg = None
@@ -354,6 +368,11 @@ class ControlPlane:
                 reports.pop(msg.sender, None)
         elif msg.kind == "goodbye":
             self.election.observe_goodbye(msg.sender, msg.epoch)
+        elif msg.kind == "lagging":
+            nodes = body["nodes"]
+            if not isinstance(nodes, list) or not all(isinstance(n, str) for n in nodes):
+                raise ValueError("bad lagging message")
+            self.reads.note([n for n in nodes[:1024] if n in self.topology], announce=False)
 
     async def _announce_leader(self, epoch: int) -> None:
         await self._send("leader", epoch, {"topology": list(self.topology.stamp)})
@@ -416,6 +435,7 @@ class ControlPlane:
         self._duties.empty.add(node)
         self.election.request_seed()
         self._reread.set()
+        self.reads.note_restarted(node)
 
     async def _refresh(self, source: str) -> None:
         """Read every node; adopt the newest valid topology; a leader repairs stale copies."""
@@ -472,49 +492,13 @@ class ControlPlane:
         while True:
             start = anyio.current_time()
             await self._report_suspects()
-            await self._check_lagging()
+            await self.reads.check()
             if self.is_leader:
                 if self._duties.restamped != self.epoch:
                     await self._duties.restamp(self.epoch)
                 else:
                     await self._duties.lead()
             await anyio.sleep_until(start + interval)
-
-    def note_hinted(self, nodes: Iterable[str]) -> None:
-        """The data path just recorded hints for ``nodes``: read from them no more until the
-        hints were replayed (see :attr:`lagging`)."""
-        now = anyio.current_time()
-        added = False
-        for node in nodes:
-            added |= node not in self._noted
-            self._noted[node] = now
-        if added:
-            self._notify()
-
-    @property
-    def lagging(self) -> frozenset[str]:
-        """Nodes that missed writes not replayed yet: they must not serve reads."""
-        return frozenset(self._noted)
-
-    async def _check_lagging(self) -> None:
-        """Ask every node which nodes still have hints; forget the replayed ones."""
-        started = anyio.current_time()
-        ids = list(self.topology.ids)
-        trusted = [n for n in ids if n not in self.health.garbled()]  # the others lie
-        counts = await hint_holders(
-            self._pools, self.config.namespace, ids, trusted, self.round_timeout, self.health.garble
-        )
-        before = frozenset(self._noted)
-        for node, count in counts.items():
-            if count:
-                self._noted.setdefault(node, started)
-            elif node in self._noted and self._noted[node] < started:
-                del self._noted[node]
-        for node in list(self._noted):
-            if node not in self.topology:
-                del self._noted[node]
-        if frozenset(self._noted) != before:
-            self._notify()
 
     async def _report_suspects(self) -> None:
         if self.config.down_quorum <= 1:
@@ -530,6 +514,25 @@ class ControlPlane:
                 continue
             self._reported[node] = now
             await self._send("suspect", self.epoch, {"node": node, "suspect": rec.suspect})
+
+    def note_hinted(self, nodes: Iterable[str]) -> None:
+        """The data path just recorded hints for ``nodes``: read from them no more until the
+        hints were replayed (see :attr:`lagging`), and tell every other manager so at once."""
+        self.reads.note(nodes)
+
+    def note_restarted(self, node: str) -> None:
+        """``node`` holds data from before a restart: no reads until it was repaired."""
+        self.reads.note_restarted(node)
+
+    @property
+    def lagging(self) -> frozenset[str]:
+        """Nodes that must not serve reads (missed writes, or restarted with old data)."""
+        return self.reads.lagging
+
+    @property
+    def partitioned(self) -> bool:
+        """Whether this manager is cut off from the nodes' majority past the election timeout."""
+        return self.reads.partitioned
 
     # ------------------------------------------------------------------ leader only
 

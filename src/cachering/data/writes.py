@@ -412,8 +412,9 @@ class Writes:
         they are not called again (each unresponsive node costs one timeout at most)."""
         n = len(raws)
         copies = self.router.copies
-        need = 1 if level == "one" else copies
         required = 1 if level == "one" else (copies // 2 + 1 if level == "quorum" else copies)
+        # quorum and all count home copies only: a stand-in holds a hint, not a copy of record
+        homes = self.router.ring.preference_lists(raws, copies) if level != "one" else None
         prefix = self._prefix
         rkeys = [prefix + r for r in raws]
         flags = [0] * n
@@ -429,6 +430,14 @@ class Writes:
             self._plan_around(raws, plans, range(n), avoid)
         todo: Sequence[int] = range(n)
         limit = self.config.hint_limit
+
+        def need(i: int) -> int:
+            # At level one a key that misses a home is written to two copies, each
+            # recording the hint, so the hint survives the loss of either.
+            if level != "one":
+                return copies
+            return 2 if copies > 1 and plans[i][1] else 1
+
         while True:
             calls: dict[str, list[int]] = defaultdict(list)
             any_missed = False
@@ -439,7 +448,7 @@ class Writes:
                 if avoid:
                     targets = tuple(t for t in targets if t not in avoid)
                 done = acked[i]
-                for t in targets[:need]:
+                for t in targets[: need(i)]:
                     if t not in done:
                         calls[t].append(i)
             if not calls:
@@ -495,12 +504,16 @@ class Writes:
             if not newly_failed:
                 break
             # re-plan the keys that still lack acknowledgements, around the failed nodes
-            todo = [i for i in range(n) if len(acked[i]) < need and i not in refused_keys]
+            todo = [i for i in range(n) if len(acked[i]) < need(i) and i not in refused_keys]
             if todo:
                 self._plan_around(raws, plans, todo, avoid)
         if stamps:
             await self._settle(rkeys, stored, expiry, acked, stamps)
-        short = [i for i in range(n) if len(acked[i]) < required]
+        if homes is None:
+            counted = [len(a) for a in acked]
+        else:
+            counted = [sum(1 for t in a if t in h) for a, h in zip(acked, homes, strict=True)]
+        short = [i for i in range(n) if counted[i] < required]
         if self.note_hinted is not None:
             missed_nodes = {m for i in range(n) for m in plans[i][1]} | avoid
             if missed_nodes:
@@ -520,7 +533,7 @@ class Writes:
             # so a partial write converges once they are back.
             if avoid:
                 await self._hint_failed(raws, acked, hinted, avoid)
-            got = min(len(acked[i]) for i in short)
+            got = min(counted[i] for i in short)
             raise ConsistencyError(
                 f"{len(short)} of {n} key(s) got {got} acknowledgement(s) of the "
                 f"{required} that consistency {level!r} needs; failed: "
@@ -593,8 +606,11 @@ class Writes:
             if not acked[i]:
                 continue
             for home in self.router.preference_list(raw):
-                if home in avoid and home not in hinted.get(i, ()):
-                    groups[acked[i][0]][home].append(raw)
+                if home in avoid:
+                    # on two holders (again, if a retry call carried it), so it outlives
+                    # either of them
+                    for holder in acked[i][:2]:
+                        groups[holder][home].append(raw)
         for holder, missed in groups.items():
             hints: list[HintGroup] = [
                 (*hint_keys(self.config.namespace, m), members) for m, members in missed.items()
@@ -625,7 +641,7 @@ class Writes:
             holder = acked[i][0]
             entry = (rkeys[i], stored[i], expiry)
             for t in targets:
-                if t != holder:
+                if t not in acked[i]:
                     out[(t, holder)].append(entry)
         for (node, holder), entries in out.items():
             await self.sync.submit(node, entries, holder=holder)

@@ -344,9 +344,11 @@ class LocalCluster:
             proc.send_signal(signal.SIGCONT)
             self._paused.discard(i)
 
-    def restart(self, i: int) -> None:
+    def restart(self, i: int, *, keep_data: bool = False) -> None:
         """Kill server ``i`` if needed and start it again on the same port with no data.
 
+        With ``keep_data=True`` its directory is kept, so a snapshot it wrote (``SAVE``
+        writes ``dump.rdb`` there) is loaded: a server coming back with old data.
         Returns once it answers ``PING``.
         """
         with self._lock:
@@ -355,7 +357,7 @@ class LocalCluster:
             end_process(proc)
             node_dir = self._node_dir(i)
             # Whatever extra_args turned on, a restarted cache node comes back empty.
-            for entry in node_dir.iterdir():
+            for entry in node_dir.iterdir() if not keep_data else ():
                 if entry.name not in (_LOG_NAME, _CONF_NAME):
                     if entry.is_dir():
                         shutil.rmtree(entry, ignore_errors=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from time import monotonic
 from typing import Any
@@ -84,6 +84,7 @@ class Pool:
         backoff_max: float = 2.0,
         health_check_interval: float = 30.0,
         limits: ReplyLimits = DEFAULT_LIMITS,
+        on_connect: Callable[[Connection], Awaitable[None]] | None = None,
     ) -> None:
         if not isinstance(spec, NodeSpec):
             raise TypeError(f"spec must be a NodeSpec, got {type(spec).__name__}")
@@ -103,6 +104,9 @@ class Pool:
         self.backoff_max = backoff_max
         self.health_check_interval = health_check_interval
         self.limits = limits
+        #: Awaited with every new connection before its first use; what it raises
+        #: (e.g. NodeUnavailable) fails the call that needed the connection.
+        self.on_connect = on_connect
         #: ``True`` after :meth:`aclose`; every later call raises NodeUnavailable.
         self.closed = False
         self._idle: deque[Connection] = deque()
@@ -297,6 +301,13 @@ class Pool:
                 )
                 self._retry_at = anyio.current_time() + random.uniform(0, cap)
                 raise
+            if self.on_connect is not None:
+                try:
+                    await self.on_connect(conn)
+                except BaseException:
+                    with anyio.CancelScope(shield=True):
+                        await conn.aclose()
+                    raise
         except BaseException:
             self._size -= 1
             self._hand_slot()
