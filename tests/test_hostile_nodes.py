@@ -65,7 +65,7 @@ async def test_wrong_shaped_replies_crash_nothing_and_claim_no_hints(
         async with Cluster(cfg) as cluster:
             assert cluster.control is not None
             candidates = (f"key{i}" for i in range(200))
-            keys = [k for k in candidates if "g" not in cluster.preference_list(k)][:20]
+            keys = [k for k in candidates if "g" not in cluster.home_nodes(k)][:20]
             for key in keys:
                 await cluster.set(key, key.encode(), consistency="quorum")
             with anyio.fail_after(30):

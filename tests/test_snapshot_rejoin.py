@@ -76,7 +76,7 @@ async def test_snapshot_restart_serves_no_old_copy_and_resurrects_no_delete(
         for k in mine[30:40]:
             await a.delete(k)
             expected[k] = None
-        await a.flush()
+        await a.wait_replicated()
         await anyio.to_thread.run_sync(lambda: local.restart(0, keep_data=True))
         assert plain["n0"].get(f"{ns}:k:{mine[0]}") is not None  # the snapshot is back
         # a manager that never saw n0 before its restart reads too, from the start

@@ -182,9 +182,9 @@ class Reads:
     ) -> list[bytes | None]:
         """What :meth:`Cluster.get_many <cachering.cluster.Cluster.get_many>` does."""
         raws = [k.encode() if type(k) is str else key_bytes(k) for k in keys]
+        level = self.level(consistency)  # checked even with no keys
         if not raws:
-            raise ValueError("get_many needs at least one key")
-        level = self.level(consistency)
+            return []  # as redis-py and Django answer
         self._ops["get_many"] += 1
         found: dict[bytes, bytes | None] = {}
         todo = raws
