@@ -9,7 +9,7 @@ PYTEST := $(PY) -m pytest
 STAMP := $(VENV)/.installed
 SEEDS ?= 50
 
-.PHONY: help install redis-server demo test test-c test-pure lint typecheck bench reports chaos wheel sdist clean
+.PHONY: help install redis-server demo test test-c test-pure lint typecheck bench reports chaos lab wheel sdist clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -65,6 +65,9 @@ reports: install redis-server  ## the README's benchmark tables: ring, transport
 
 chaos: install redis-server  ## randomized fault schedules: make chaos SEEDS=200
 	CACHERING_CHAOS_SEEDS=$(SEEDS) $(PYTEST) -q tests/test_chaos.py
+
+lab: install redis-server  ## the fault lab (namespaces, manager processes): make lab SEEDS=200
+	CACHERING_LAB_SEEDS=$(SEEDS) $(PYTEST) -q -m lab -p no:randomly tests/test_lab.py
 
 wheel:  ## sdist and a wheel for this machine into dist/
 	$(PY) -m pip wheel --no-deps -w dist .
