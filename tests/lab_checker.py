@@ -77,6 +77,8 @@ class History:
     """Each key as read by one manager after healing."""
     copies: dict[str, dict[str, tuple[int, int | None]]] = attrs.Factory(dict)
     """key -> home node -> (seq held, PEXPIRETIME ms or None), read with redis-py."""
+    final_at: float = 0.0
+    """When the final reads started (lab clock)."""
     converged: str = ""
     """Empty when every manager and node agreed after healing, else what differed."""
 
@@ -182,19 +184,27 @@ class Checker:
                     continue
                 seen.add((node, te, tv, author))
                 if te > 0 and author not in wins.get(te, set()):
-                    self.r.add("topology_from_winner", f"{node} holds ({te}, {tv}) by {author}, "
-                               f"winners of {te}: {sorted(wins.get(te, set()))}")  # fmt: skip
+                    self.r.add(
+                        "topology_from_winner",
+                        f"{node} holds ({te}, {tv}) by {author}, "
+                        f"winners of {te}: {sorted(wins.get(te, set()))}",
+                    )
                 if epoch == te and voted and voted != author:
-                    self.r.add("topology_from_winner",
-                               f"{node} voted {voted} in {te} but holds ({te}, {tv}) by {author}")  # fmt: skip
+                    self.r.add(
+                        "topology_from_winner",
+                        f"{node} voted {voted} in {te} but holds ({te}, {tv}) by {author}",
+                    )
         for role in self.h.roles:
             te, author = role["stamp"][0], role["author"]
             if te > 0 and author is not None and author not in wins.get(te, set()):
                 key = ("manager", role["manager"], tuple(role["stamp"]), author)
                 if key not in seen:
                     seen.add(key)  # type: ignore[arg-type]
-                    self.r.add("topology_from_winner", f"{role['manager']} adopted "
-                               f"{tuple(role['stamp'])} by {author}, not a winner of {te}")  # fmt: skip
+                    self.r.add(
+                        "topology_from_winner",
+                        f"{role['manager']} adopted "
+                        f"{tuple(role['stamp'])} by {author}, not a winner of {te}",
+                    )
 
     # ------------------------------------------------------------ data path
 
@@ -220,20 +230,27 @@ class Checker:
                 self.r.add("no_phantom_reads", f"{where}: seq {seq} was never written")
                 continue
             due = [
-                w for w in self.acked[key]
+                w
+                for w in self.acked[key]
                 if (g := promise(w["level"], op["level"])) is not None and w["t1"] + g < op["t0"]
-            ]  # fmt: skip
+            ]
             if not due:
                 continue
             floor = max(due, key=lambda w: w["seq"])
             if seq >= floor["seq"]:
                 continue
             if seq >= 0:
-                self.r.add("no_stale_reads", f"{where} ({op['level']}): seq {seq}, but "
-                           f"{floor['seq']} acked at {floor['level']} at {floor['t1']:.3f}")  # fmt: skip
+                self.r.add(
+                    "no_stale_reads",
+                    f"{where} ({op['level']}): seq {seq}, but "
+                    f"{floor['seq']} acked at {floor['level']} at {floor['t1']:.3f}",
+                )
             elif not self._excused(floor, op["t0"]):
-                self.r.add("no_lost_writes", f"{where} ({op['level']}): miss, but "
-                           f"{floor['seq']} acked at {floor['level']} at {floor['t1']:.3f}")  # fmt: skip
+                self.r.add(
+                    "no_lost_writes",
+                    f"{where} ({op['level']}): miss, but "
+                    f"{floor['seq']} acked at {floor['level']} at {floor['t1']:.3f}",
+                )
         for op in self.h.ops:
             if op["kind"] == "set":
                 self.r.counts["writes" if op["ok"] else "failed_writes"] += 1
@@ -244,8 +261,10 @@ class Checker:
     def final_state(self) -> None:
         """After healing: every acknowledged write survived, every home copy agrees on the
         value and on an expiry within :data:`EXPIRY_SLACK` of write time + ttl."""
-        end = max((op["t1"] for op in self.h.ops), default=0.0) + 3600
+        end = self.h.final_at or max((op["t1"] for op in self.h.ops), default=0.0)
         for key, writes in sorted(self.acked.items()):
+            if not writes:
+                continue
             last = max(writes, key=lambda w: w["seq"])
             if last["level"] not in STRONG:
                 continue
@@ -263,13 +282,22 @@ class Checker:
         if seq < 0:
             return
         inv = self.invoked.get((key, seq))
-        ttl = self.h.managers.get(key.rsplit("-k", 1)[0], {}).get("ttl")
+        writer = inv.get("manager", key.rsplit("-k", 1)[0]) if inv is not None else ""
+        ttl = self.h.managers.get(writer, {}).get("ttl")
         if inv is None or ttl is None:
             return
         done = next((o["t1"] for o in self.acked[key] if o["seq"] == seq), None)
         low = (inv["t0"] + self.h.mono_to_wall + ttl - EXPIRY_SLACK) * 1000
-        high = ((done if done is not None else inv["t0"] + 60) + self.h.mono_to_wall + ttl
-                + EXPIRY_SLACK) * 1000  # fmt: skip
+        high = (
+            (done if done is not None else inv["t0"] + 60)
+            + self.h.mono_to_wall
+            + ttl
+            + EXPIRY_SLACK
+        ) * 1000
         if expiry is None or not low <= expiry <= high:
-            have = "none" if expiry is None else f"{expiry / 1000 - (low / 1000 + EXPIRY_SLACK):+.1f} s"
+            have = (
+                "none"
+                if expiry is None
+                else f"{expiry / 1000 - (low / 1000 + EXPIRY_SLACK):+.1f} s"
+            )
             self.r.add("expiry_follows_servers", f"{key}@{node} seq {seq}: expiry off by {have}")

@@ -198,40 +198,56 @@ class Lab:
         read_level: str | None = None,
         keys: int = 6,
         ttl: float | None = 300.0,
+        inherit: str | None = None,
     ) -> ManagerProc:
-        """Start ``lab_manager.py`` as ``manager_id`` in its own namespace."""
+        """Start ``lab_manager.py`` as ``manager_id`` in its own namespace; with
+        ``inherit``, it takes over that (dead) manager's keys after their last seq."""
         self.net.add(manager_id)
         ids = node_ids if node_ids is not None else sorted(self.nodes)
+        own = [f"{manager_id}-k{i}" for i in range(keys)]
+        start: dict[str, int] = {}
+        if inherit is not None:
+            own = list(self.managers[inherit].spec["own"])
+            for line in self.managers[inherit].snapshot():
+                if line.get("ev") == "inv":
+                    start[line["key"]] = max(start.get(line["key"], 0), line["seq"])
         spec = {
             "id": manager_id,
             "nodes": self.node_specs(manager_id, ids),
             "ns": self.ns,
             "options": {**BASE_OPTIONS, **(options or {})},
             "seed": seed,
-            "keys": keys,
+            "own": own,
+            "start_seqs": start,
             "ttl": ttl,
             "write_level": write_level,
             "read_level": read_level,
             "backend": backend,
             "mono_to_wall": self.mono_to_wall,
-            "read_keys": self.all_keys(extra=[f"{manager_id}-k{i}" for i in range(keys)]),
+            "read_keys": self.all_keys(extra=own),
         }
-        proc = ManagerProc(spec, self.net.exec_prefix(manager_id), self.workdir, clock_offset=clock_offset)
+        proc = ManagerProc(
+            spec, self.net.exec_prefix(manager_id), self.workdir, clock_offset=clock_offset
+        )
         self.managers[manager_id] = proc
         self.history.managers[manager_id] = {
-            "offset": clock_offset, "nodes": ids, "options": options or {}, "ttl": ttl,
-        }  # fmt: skip
-        proc.wait_for(lambda l: l.get("ev") == "ready", 60, "ready")
+            "offset": clock_offset,
+            "nodes": ids,
+            "options": options or {},
+            "ttl": ttl,
+        }
+        proc.wait_for(lambda line: line.get("ev") == "ready", 60, "ready")
         keys_now = self.all_keys()
         for other in self.live():
             if other.id != manager_id:
                 other.send("keys", keys=keys_now)
-        self.log(f"manager {manager_id} started (clock {clock_offset:+.0f} s, nodes {ids})")
+        took = f", keys of {inherit}" if inherit else ""
+        self.log(f"manager {manager_id} started (clock {clock_offset:+.0f} s, nodes {ids}{took})")
         return proc
 
     def all_keys(self, extra: list[str] | None = None) -> list[str]:
         """Every key any manager writes (each manager's own, single-writer keys)."""
-        keys = [f"{m.id}-k{i}" for m in self.managers.values() for i in range(m.spec["keys"])]
+        keys = [k for m in self.managers.values() for k in m.spec["own"]]
         return sorted(set(keys + (extra or [])))
 
     def live(self) -> list[ManagerProc]:
@@ -333,7 +349,9 @@ def _loopback_node(node_id: str, workdir: Path) -> NodeProc:
         port = s.getsockname()[1]
     node = NodeProc(node_id, [], "127.0.0.1", workdir)
     node.port = port
-    node.client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1, socket_connect_timeout=1)
+    node.client = redis.Redis(
+        host="127.0.0.1", port=port, socket_timeout=1, socket_connect_timeout=1
+    )
     return node
 
 

@@ -70,9 +70,10 @@ class Manager:
         )
         self.cluster = Cluster(self.config)
         self.rng = random.Random(spec["seed"])
-        self.own = [f"{self.id}-k{i}" for i in range(spec["keys"])]
+        # A replacement takes over a dead manager's keys, going on from their last seq.
+        self.own: list[str] = list(spec["own"])
         self.read_keys: list[str] = list(spec.get("read_keys", [])) or list(self.own)
-        self.seqs = dict.fromkeys(self.own, 0)
+        self.seqs = {k: int(spec.get("start_seqs", {}).get(k, 0)) for k in self.own}
         self.load = True
         self.read_level: str | None = spec.get("read_level")
         params = inspect.signature(self.cluster.get).parameters
@@ -107,8 +108,17 @@ class Manager:
             ok = True
         except (CacheringError, RuntimeError, OSError) as exc:
             err = type(exc).__name__
-        emit(ev="op", kind="set", key=key, seq=seq, level=self.write_level, t0=t0,
-             t1=time.monotonic(), ok=ok, err=err)  # fmt: skip
+        emit(
+            ev="op",
+            kind="set",
+            key=key,
+            seq=seq,
+            level=self.write_level,
+            t0=t0,
+            t1=time.monotonic(),
+            ok=ok,
+            err=err,
+        )
 
     async def _read(self, key: str) -> None:
         t0 = time.monotonic()
@@ -122,8 +132,17 @@ class Manager:
             ok = True
         except (CacheringError, RuntimeError, OSError) as exc:
             err = type(exc).__name__
-        emit(ev="op", kind="get", key=key, seq=seq, level=self.read_level or "default",
-             t0=t0, t1=time.monotonic(), ok=ok, err=err)  # fmt: skip
+        emit(
+            ev="op",
+            kind="get",
+            key=key,
+            seq=seq,
+            level=self.read_level or "default",
+            t0=t0,
+            t1=time.monotonic(),
+            ok=ok,
+            err=err,
+        )
 
     async def monitor(self) -> None:
         """Report every change of this manager's leadership, epoch and topology."""
@@ -134,8 +153,15 @@ class Manager:
             now = (c.epoch, c.is_leader, c.leader, list(topo.stamp), topo.leader)
             if now != last:
                 last = now
-                emit(ev="role", t=time.monotonic(), epoch=now[0], is_leader=now[1],
-                     leader=now[2], stamp=now[3], author=now[4])  # fmt: skip
+                emit(
+                    ev="role",
+                    t=time.monotonic(),
+                    epoch=now[0],
+                    is_leader=now[1],
+                    leader=now[2],
+                    stamp=now[3],
+                    author=now[4],
+                )
             await anyio.sleep(0.01)
 
     def state(self) -> dict[str, Any]:
@@ -195,15 +221,23 @@ async def main(spec: dict[str, Any]) -> None:
     manager = Manager(spec)
     try:
         async with manager.cluster, anyio.create_task_group() as tg:
-            emit(ev="ready", pid=__import__("os").getpid(), t=time.monotonic(),
-                 wall_offset=time.time() - (time.monotonic() + spec["mono_to_wall"]))  # fmt: skip
+            emit(
+                ev="ready",
+                pid=__import__("os").getpid(),
+                t=time.monotonic(),
+                wall_offset=time.time() - (time.monotonic() + spec["mono_to_wall"]),
+            )
             tg.start_soon(manager.workload)
             tg.start_soon(manager.monitor)
             await manager.commands()
             tg.cancel_scope.cancel()
-    except BaseException as exc:  # noqa: BLE001 - reported, then the process exits
-        emit(ev="crash", t=time.monotonic(), err=repr(exc)[:500],
-             tb="".join(traceback.format_exception(exc))[-4000:])  # fmt: skip
+    except BaseException as exc:
+        emit(
+            ev="crash",
+            t=time.monotonic(),
+            err=repr(exc)[:500],
+            tb="".join(traceback.format_exception(exc))[-4000:],
+        )
         raise SystemExit(3) from None
 
 

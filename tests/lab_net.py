@@ -48,9 +48,7 @@ def run_prefix(pid: int | None = None) -> str:
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["ip", *args], check=check, capture_output=True, text=True, timeout=20
-    )
+    return subprocess.run(["ip", *args], check=check, capture_output=True, text=True, timeout=20)
 
 
 def unavailable() -> str | None:
@@ -194,7 +192,19 @@ class LabNet:
     def cut(self, src: str, dst: str) -> None:
         """Drop every packet ``src`` sends to ``dst`` (one way), silently."""
         a, b = self.hosts[src], self.hosts[dst]
-        _ip("-n", a.netns, "neigh", "replace", b.addr, "lladdr", DEAD_MAC, "nud", "permanent", "dev", "eth0")
+        _ip(
+            "-n",
+            a.netns,
+            "neigh",
+            "replace",
+            b.addr,
+            "lladdr",
+            DEAD_MAC,
+            "nud",
+            "permanent",
+            "dev",
+            "eth0",
+        )
         self.cuts.add((src, dst))
 
     def heal(self, src: str, dst: str) -> None:

@@ -42,7 +42,7 @@ def _preexec() -> None:
 
 def spawn(argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
     """Start ``argv`` with the parent-death signal set (see the module docstring)."""
-    return subprocess.Popen(argv, preexec_fn=_preexec, **kwargs)  # noqa: PLW1509
+    return subprocess.Popen(argv, preexec_fn=_preexec, **kwargs)
 
 
 def signal_pid(pid: int, sig: int) -> None:
@@ -75,7 +75,9 @@ class NodeProc:
         self.port = self.PORT
         self.proc: subprocess.Popen[bytes] | None = None
         self.paused = False
-        self.client = redis.Redis(host=addr, port=self.port, socket_timeout=1, socket_connect_timeout=1)
+        self.client = redis.Redis(
+            host=addr, port=self.port, socket_timeout=1, socket_connect_timeout=1
+        )
 
     def start(self, *, snapshot: bool = False) -> None:
         """Start the server: empty, or loading the last :meth:`snapshot`."""
@@ -83,11 +85,27 @@ class NodeProc:
         if not snapshot:
             rdb.unlink(missing_ok=True)
         argv = [
-            *self.netns_argv, "redis-server", "--bind", self.addr, "--port", str(self.port),
-            "--save", "", "--appendonly", "no", "--dir", str(self.dir),
-            "--dbfilename", "dump.rdb", "--protected-mode", "no", "--daemonize", "no",
-            "--logfile", str(self.dir / "log"),
-        ]  # fmt: skip
+            *self.netns_argv,
+            "redis-server",
+            "--bind",
+            self.addr,
+            "--port",
+            str(self.port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.dir),
+            "--dbfilename",
+            "dump.rdb",
+            "--protected-mode",
+            "no",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self.dir / "log"),
+        ]
         self.proc = spawn(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.paused = False
         deadline = time.monotonic() + 15
@@ -181,7 +199,8 @@ class ManagerProc:
         self._reader.start()
 
     def _read(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
+        assert self.proc is not None
+        assert self.proc.stdout is not None
         for raw in self.proc.stdout:
             try:
                 line = json.loads(raw)
@@ -219,7 +238,8 @@ class ManagerProc:
     def send(self, cmd: str, **fields: Any) -> int:
         """Send one command; returns its id."""
         self._next_id += 1
-        assert self.proc is not None and self.proc.stdin is not None
+        assert self.proc is not None
+        assert self.proc.stdin is not None
         data = json.dumps({"cmd": cmd, "id": self._next_id, **fields}) + "\n"
         with contextlib.suppress(BrokenPipeError):
             self.proc.stdin.write(data.encode())
@@ -229,7 +249,9 @@ class ManagerProc:
     def ask(self, cmd: str, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:
         """Send a command and wait for its reply."""
         rid = self.send(cmd, **fields)
-        return self.wait_for(lambda l: l.get("ev") == "reply" and l.get("id") == rid, timeout, cmd)
+        return self.wait_for(
+            lambda line: line.get("ev") == "reply" and line.get("id") == rid, timeout, cmd
+        )
 
     @property
     def alive(self) -> bool:

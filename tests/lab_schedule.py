@@ -9,9 +9,11 @@ exactly that one.
 
 Steps (``op``): ``partition`` (a manager and some nodes, one way or both, for a while),
 ``pause_manager`` / ``pause_node`` (SIGSTOP, then SIGCONT), ``kill_manager`` (SIGKILL and
-a replacement with a new id), ``restart_node`` (empty or from a snapshot taken earlier),
-``snapshot``, ``amnesia`` (every manager paused, every node restarted empty, a new manager
-started, the old ones resumed), ``drift`` (a manager whose config lists other nodes or
+a replacement with a new id and maybe another clock, which takes over the dead manager's
+keys, so a writer whose clock is behind follows one whose clock is ahead),
+``restart_node`` (empty or from a snapshot taken earlier), ``snapshot``, ``amnesia``
+(every manager paused, every node restarted empty, a new manager started, the old ones
+resumed), ``drift`` (a manager whose config lists other nodes or
 other timers), and ``wait``. ``who: "leader"`` is resolved when the step runs.
 """
 
@@ -31,26 +33,47 @@ NODES = ["n0", "n1", "n2"]
 OFFSETS = [0, 0, 0, 60, -60, 600, -600]
 """Clock offsets (seconds) a manager may get: most run on time, some up to 10 minutes off."""
 FAULTS = [
-    "partition", "partition", "partition", "pause_manager", "pause_manager", "pause_node",
-    "kill_manager", "restart_node", "restart_node", "amnesia", "drift",
-]  # fmt: skip
+    "partition",
+    "partition",
+    "partition",
+    "pause_manager",
+    "pause_manager",
+    "pause_node",
+    "kill_manager",
+    "restart_node",
+    "restart_node",
+    "amnesia",
+    "drift",
+]
 
 
 def _fault(rng: random.Random, kind: str) -> dict[str, Any]:
     if kind == "partition":
         cut = rng.sample(NODES, rng.choice([1, 2]))
-        return {"op": kind, "who": rng.choice(["leader", "leader", "m0", "m1", "m2"]),
-                "nodes": cut, "dir": rng.choice(["both", "out", "in"]),
-                "for": round(rng.uniform(0.4, 2.0), 2)}  # fmt: skip
+        return {
+            "op": kind,
+            "who": rng.choice(["leader", "leader", "m0", "m1", "m2"]),
+            "nodes": cut,
+            "dir": rng.choice(["both", "out", "in"]),
+            "for": round(rng.uniform(0.4, 2.0), 2),
+        }
     if kind == "pause_manager":
-        return {"op": kind, "who": rng.choice(["leader", "m1"]), "for": round(rng.uniform(0.3, 2.5), 2)}
+        return {
+            "op": kind,
+            "who": rng.choice(["leader", "m1"]),
+            "for": round(rng.uniform(0.3, 2.5), 2),
+        }
     if kind == "pause_node":
         return {"op": kind, "node": rng.choice(NODES), "for": round(rng.uniform(0.1, 0.8), 2)}
     if kind == "kill_manager":
         return {"op": kind, "who": rng.choice(["leader", "m2"]), "offset": rng.choice(OFFSETS)}
     if kind == "restart_node":
-        return {"op": kind, "node": rng.choice(NODES), "mode": rng.choice(["empty", "snapshot"]),
-                "down": round(rng.uniform(0.0, 0.6), 2)}  # fmt: skip
+        return {
+            "op": kind,
+            "node": rng.choice(NODES),
+            "mode": rng.choice(["empty", "snapshot"]),
+            "down": round(rng.uniform(0.0, 0.6), 2),
+        }
     if kind == "amnesia":
         return {"op": kind, "for": round(rng.uniform(0.5, 1.5), 2)}
     drift = rng.choice(["fewer_nodes", "timers"])
@@ -87,10 +110,14 @@ class Runner:
     def start(self, mid: str, offset: float, **kw: Any) -> None:
         """Start one manager with this schedule's levels and backend."""
         self.lab.start_manager(
-            mid, seed=self.seed * 100 + int(mid[1:]), clock_offset=offset,
-            backend=self.setup["backend"], write_level=self.setup["write_level"],
-            read_level=self.setup["read_level"], **kw,
-        )  # fmt: skip
+            mid,
+            seed=self.seed * 100 + int(mid[1:]),
+            clock_offset=offset,
+            backend=self.setup["backend"],
+            write_level=self.setup["write_level"],
+            read_level=self.setup["read_level"],
+            **kw,
+        )
 
     def who(self, name: str) -> str | None:
         """A manager id, with ``leader`` resolved now (None when nobody leads)."""
@@ -134,7 +161,7 @@ class Runner:
             if mid is not None:
                 lab.managers[mid].kill()
                 lab.log(f"killed {mid}")
-            self.start(self.new_id(), s["offset"])
+            self.start(self.new_id(), s["offset"], inherit=mid)
         elif op == "restart_node":
             node = lab.nodes[s["node"]]
             node.kill()
@@ -182,7 +209,9 @@ class Runner:
         if s["drift"] == "fewer_nodes":
             self.start(mid, s["offset"], node_ids=[n for n in NODES if n != s["omit"]])
         else:
-            self.start(mid, s["offset"], options={"heartbeat_interval": 0.25, "failure_threshold": 6})
+            self.start(
+                mid, s["offset"], options={"heartbeat_interval": 0.25, "failure_threshold": 6}
+            )
 
     def heal(self) -> None:
         """End every fault: heal cuts, resume everything, restart any node that is down."""
@@ -208,8 +237,11 @@ def _converged(lab: Lab) -> str:
     stamps = {tuple(s["stamp"]) for s in states.values()}
     if len(stamps) != 1:
         return f"managers disagree: { {k: s['stamp'] for k, s in states.items()} }"
-    bad = {k: (s["states"], s["lagging"]) for k, s in states.items()
-           if any(v != "up" for v in s["states"].values()) or s["lagging"] or s["unreadable"]}  # fmt: skip
+    bad = {
+        k: (s["states"], s["lagging"])
+        for k, s in states.items()
+        if any(v != "up" for v in s["states"].values()) or s["lagging"] or s["unreadable"]
+    }
     if bad:
         return f"not all up and readable: {bad}"
     (stamp,) = stamps
@@ -252,8 +284,11 @@ def final_state(lab: Lab, history: History) -> None:
     with contextlib.suppress(TimeoutError, RuntimeError):
         base = sum(m.ask("state")["sweeps"] for m in live)
         deadline = time.monotonic() + 10
-        while sum(m.ask("state")["sweeps"] for m in live) < base + 2 and time.monotonic() < deadline:
+        while (
+            sum(m.ask("state")["sweeps"] for m in live) < base + 2 and time.monotonic() < deadline
+        ):
             time.sleep(0.1)
+    history.final_at = time.monotonic()
     history.final_seqs = reader.ask("read", keys=keys, timeout=30)["seqs"]
     homes = reader.ask("homes", keys=keys)["homes"]
     for key in keys:
@@ -264,7 +299,7 @@ def final_state(lab: Lab, history: History) -> None:
             try:
                 raw = client.get(name)
                 exp = int(client.execute_command("PEXPIRETIME", name))
-            except Exception as exc:  # noqa: BLE001 - recorded as what the copy is
+            except Exception as exc:
                 row[node] = (-3, None)
                 history.events.append((time.monotonic(), f"copy {key}@{node}: {exc!r}"))
                 continue
