@@ -17,6 +17,9 @@ What a read is promised (:data:`PROMISES`), by write level and read level:
   delivery for the other managers to learn that a home missed the write;
 - a write at ``one`` promises other readers nothing beyond convergence.
 
+A delete takes the key's next sequence number like a write; a read that returns an older
+value after an acknowledged delete it is promised to see is a resurrected delete.
+
 A miss (no value) is no older value, but it is a lost acknowledged write unless at least
 ``replicas`` distinct nodes lost their data (restarted empty or from a snapshot) after
 the write was acknowledged and before the read, or the key's ttl has run out on the
@@ -116,7 +119,7 @@ class Checker:
         self.r = Report()
         self.acked: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for op in history.ops:
-            if op["kind"] == "set" and op["ok"]:
+            if op["kind"] in ("set", "del") and op["ok"]:
                 self.acked[op["key"]].append(op)
         self.invoked = {(i["key"], i["seq"]): i for i in history.invs}
 
@@ -226,7 +229,8 @@ class Checker:
                 continue
             key, seq = op["key"], op["seq"]
             where = f"{key} read by {op['manager']} at {op['t0']:.3f}"
-            if seq == -2 or (seq >= 0 and (key, seq) not in self.invoked):
+            inv = self.invoked.get((key, seq))
+            if seq == -2 or (seq >= 0 and (inv is None or inv.get("kind") == "del")):
                 self.r.add("no_phantom_reads", f"{where}: seq {seq} was never written")
                 continue
             due = [
@@ -237,9 +241,15 @@ class Checker:
             if not due:
                 continue
             floor = max(due, key=lambda w: w["seq"])
-            if seq >= floor["seq"]:
+            if seq >= floor["seq"] or (seq == -1 and self._deleted(key, floor, op["t1"])):
                 continue
-            if seq >= 0:
+            if floor["kind"] == "del":
+                self.r.add(
+                    "no_resurrected_deletes",
+                    f"{where} ({op['level']}): seq {seq}, but deleted as "
+                    f"{floor['seq']} at {floor['level']} at {floor['t1']:.3f}",
+                )
+            elif seq >= 0:
                 self.r.add(
                     "no_stale_reads",
                     f"{where} ({op['level']}): seq {seq}, but "
@@ -252,8 +262,19 @@ class Checker:
                     f"{floor['seq']} acked at {floor['level']} at {floor['t1']:.3f}",
                 )
         for op in self.h.ops:
-            if op["kind"] == "set":
+            if op["kind"] in ("set", "del"):
                 self.r.counts["writes" if op["ok"] else "failed_writes"] += 1
+
+    def _deleted(self, key: str, write: dict[str, Any], before: float) -> bool:
+        """Whether a delete of ``key`` at or after ``write``'s seq began before ``before``
+        (so a miss may be that delete's doing)."""
+        return any(
+            i["key"] == key
+            and i.get("kind") == "del"
+            and i["seq"] >= write["seq"]
+            and i["t0"] < before
+            for i in self.h.invs
+        )
 
     def _excused(self, write: dict[str, Any], at: float) -> bool:
         return len(self._lost_nodes(write["t1"], at)) >= self.h.replicas or self._expired(write, at)
@@ -269,10 +290,18 @@ class Checker:
             if last["level"] not in STRONG:
                 continue
             got = self.h.final_seqs.get(key)
-            if isinstance(got, int) and got < last["seq"] and not self._excused(last, end):
+            if not isinstance(got, int) or got >= last["seq"]:
+                continue
+            if last["kind"] == "del":
+                if got >= 0:
+                    self.r.add(
+                        "no_resurrected_deletes",
+                        f"{key}: final read {got}, deleted as {last['seq']}",
+                    )
+            elif not (got == -1 and self._deleted(key, last, end)) and not self._excused(last, end):
                 self.r.add("no_lost_writes", f"{key}: final read {got}, acked {last['seq']}")
         for key, homes in sorted(self.h.copies.items()):
-            held = {(s, e) for s, e in homes.values()}
+            held = {(s, e if s >= 0 else None) for s, e in homes.values()}
             if len(held) > 1:
                 self.r.add("copies_agree", f"{key}: {dict(sorted(homes.items()))}")
             for node, (seq, expiry) in sorted(homes.items()):

@@ -11,8 +11,9 @@ wall time is shifted. Lines (``ev``):
 
 - ``ready``: the Cluster is open; ``pid``, ``wall_offset`` (this process's wall clock
   minus the real one, as far as it can tell from the lab's reference).
-- ``inv``: a write invoked (``key``, ``seq``, ``t0``), written before the call.
-- ``op``: an operation completed (``kind`` set/get, ``key``, ``seq`` written or read,
+- ``inv``: a write invoked (``kind`` set/del, ``key``, ``seq``, ``t0``), written before
+  the call. A delete takes the key's next seq like a write.
+- ``op``: an operation completed (``kind`` set/del/get, ``key``, ``seq`` written or read,
   -1 for a miss, ``level``, ``t0``, ``t1``, ``ok``, ``err``).
 - ``role``: this manager's view changed (``epoch``, ``is_leader``, ``leader``, ``stamp``
   and ``author`` of its topology).
@@ -90,27 +91,33 @@ class Manager:
                 await anyio.sleep(0.05)
                 continue
             if i % 2 == 0:
-                await self._write(self.rng.choice(self.own), ttl)
+                delete = self.rng.random() < float(self.spec.get("deletes", 0.1))
+                await self._write(self.rng.choice(self.own), ttl, delete=delete)
             else:
                 await self._read(self.rng.choice(self.read_keys))
             await anyio.sleep(pause)
 
-    async def _write(self, key: str, ttl: float | None) -> None:
+    async def _write(self, key: str, ttl: float | None, *, delete: bool = False) -> None:
+        """Write the key's next seq, or delete it (a delete takes a seq too)."""
         self.seqs[key] += 1
         seq = self.seqs[key]
+        kind = "del" if delete else "set"
         t0 = time.monotonic()
-        emit(ev="inv", key=key, seq=seq, t0=t0)
+        emit(ev="inv", kind=kind, key=key, seq=seq, t0=t0)
         ok, err = False, ""
         try:
-            await self.cluster.set(
-                key, f"{key}:{seq}".encode(), ttl=ttl, consistency=self.write_level
-            )
+            if delete:
+                await self.cluster.delete(key, consistency=self.write_level)  # type: ignore[arg-type]
+            else:
+                await self.cluster.set(
+                    key, f"{key}:{seq}".encode(), ttl=ttl, consistency=self.write_level
+                )
             ok = True
         except (CacheringError, RuntimeError, OSError) as exc:
             err = type(exc).__name__
         emit(
             ev="op",
-            kind="set",
+            kind=kind,
             key=key,
             seq=seq,
             level=self.write_level,

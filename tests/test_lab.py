@@ -28,7 +28,7 @@ import pytest
 
 from lab_checker import Report
 from lab_harness import Lab, LoopbackNet
-from lab_net import LabNet, unavailable
+from lab_net import LabNet, cleanup_stale, unavailable
 from lab_procs import end, spawn
 from lab_schedule import describe, run_seed
 
@@ -55,6 +55,7 @@ INVARIANTS: dict[str, str | None] = {
     "no_phantom_reads": None,
     "no_stale_reads": f"{_TODAY}: stale reads from other managers and snapshot restarts",
     "no_lost_writes": f"{_TODAY}: a writer's clock behind expires its keys at once",
+    "no_resurrected_deletes": f"{_TODAY}: snapshot restarts and sweeps bring deleted keys back",
     "expiry_follows_servers": f"{_TODAY}: expiry follows the writer's clock",
 }
 """Each invariant, and why it is expected to fail today (None: it must hold)."""
@@ -202,6 +203,67 @@ def test_cut_drops_one_way_and_heals(ns_runs: Runs) -> None:
     finally:
         net.heal("pa", "pb")
     assert _reaches(net, "pa", "pb")
+
+
+_ABORTED = """
+import subprocess, sys, time
+sys.path.insert(0, sys.argv[1])
+from lab_net import LabNet
+net = LabNet().__enter__()
+net.add("x")
+subprocess.Popen([*net.exec_prefix("x"), "sleep", "120"])
+print(net.prefix, flush=True)
+time.sleep(120)
+"""
+
+
+def test_stale_run_is_cleaned_up(ns_runs: Runs) -> None:
+    """A run killed without teardown leaves a namespace, links and a process; the next
+    run's start removes them (by the dead owner's PID prefix), and leaves live runs be."""
+    here = str(Path(__file__).parent)
+    proc = subprocess.Popen([sys.executable, "-c", _ABORTED, here], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        prefix = proc.stdout.readline().decode().strip()
+        assert prefix.startswith("crl"), prefix
+        netns = f"{prefix}-x"
+        pids = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True)
+        (sleeper,) = (int(p) for p in pids.stdout.split())
+        assert netns not in cleanup_stale()  # its owner still lives: left alone
+        assert netns in _netns()
+    finally:
+        end(proc)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    removed = cleanup_stale()
+    assert netns in removed
+    assert netns not in _netns()
+    assert f"{prefix}br" not in _links()
+    assert f"{prefix}x" not in _links()
+    deadline = time.monotonic() + 10
+    while _running(sleeper) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(sleeper), "the process in the stale namespace survived"
+    assert ns_runs.net.bridge in _links(), "a live run's bridge was removed"
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` exists and is no zombie (an orphan is reaped by whoever is init)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def _netns() -> list[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return [line.split()[0] for line in out.splitlines() if line.split()]
+
+
+def _links() -> list[str]:
+    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    return [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()]
 
 
 _LOOP_SEEDS = SEEDS if unavailable() is not None else SEEDS[:1]

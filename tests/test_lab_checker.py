@@ -24,7 +24,7 @@ def _op(kind: str, key: str, seq: int, t0: float, t1: float, **kw: Any) -> dict[
         "t0": t0,
         "t1": t1,
         "ok": True,
-        "level": "quorum" if kind == "set" else "default",
+        "level": "default" if kind == "get" else "quorum",
         "manager": key.split("-")[0],
     }
     base.update(kw)
@@ -134,6 +134,28 @@ def test_miss_is_lost_unless_enough_nodes_lost_their_data() -> None:
     assert _violated(h) == {"no_lost_writes"}  # one home lost it: the other must serve
     h.resets.append((4.5, "n1", "snapshot"))
     assert _violated(h) == set()
+
+
+def test_resurrected_delete_and_miss_after_delete() -> None:
+    h = _history()
+    h.invs.append({"key": "m0-k0", "seq": 3, "t0": 5.0, "kind": "del"})
+    h.ops.append(_op("del", "m0-k0", 3, 5.0, 5.1))
+    h.ops.append(_op("get", "m0-k0", -1, 6.0, 6.1, manager="m1", level="quorum"))
+    h.final_seqs = {"m0-k0": -1}
+    h.copies = {"m0-k0": {"n0": (-1, None), "n1": (-1, None)}}
+    assert _violated(h) == set()
+    h.ops.append(_op("get", "m0-k0", 2, 6.2, 6.3, manager="m1", level="quorum"))
+    assert _violated(h) == {"no_resurrected_deletes"}
+    h.ops.pop()
+    h.final_seqs = {"m0-k0": 2}
+    assert _violated(h) == {"no_resurrected_deletes"}
+
+
+def test_a_delete_has_no_value() -> None:
+    h = _history()
+    h.invs.append({"key": "m0-k0", "seq": 3, "t0": 5.0, "kind": "del"})
+    h.ops.append(_op("get", "m0-k0", 3, 6.0, 6.1, manager="m1"))
+    assert _violated(h) == {"no_phantom_reads"}
 
 
 def test_final_read_older_than_acknowledged() -> None:
