@@ -34,9 +34,11 @@ from typing import Any
 
 import attrs
 
-ONE_READ_GRACE = 0.5
-"""Seconds after a quorum acknowledgement within which a ``one`` read may still be stale
-(five 0.1 s heartbeats: a generous bound on one message delivery under load)."""
+ONE_READ_GRACE = 0.2
+"""Seconds after a quorum acknowledgement within which a ``one`` read may still be stale:
+one message delivery (the lag announced when the hint is written), bounded generously by
+two 0.1 s heartbeats for a loaded machine. Learning of the hint on the next lagging check
+instead (a tick later, plus the check) overruns it."""
 EXPIRY_SLACK = 1.0
 """Seconds of tolerance on every copy's expiry (write time + ttl, servers' clock)."""
 STRONG = ("quorum", "all")

@@ -321,6 +321,9 @@ class Lab:
                 ev = line.get("ev")
                 if ev == "op":
                     h.ops.append(line)
+                elif ev == "ready":
+                    h.managers[m.id]["wall_offset"] = line["wall_offset"]
+                    h.managers[m.id]["ready_t"] = line["t"]
                 elif ev == "inv":
                     h.invs.append(line)
                 elif ev == "role":

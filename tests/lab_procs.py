@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import glob
 import json
 import os
 import signal
@@ -30,8 +31,11 @@ from typing import Any
 
 import redis
 
-LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
-"""Debian's libfaketime (package ``faketime``)."""
+LIBFAKETIME = next(
+    iter(sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))),
+    "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+)
+"""Debian's libfaketime (package ``faketime``; ``make lab`` installs it when root)."""
 MANAGER_SCRIPT = Path(__file__).with_name("lab_manager.py")
 
 
@@ -181,6 +185,10 @@ class ManagerProc:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("FAKETIME", "LD_PRELOAD"))}
         env["PYTHONUNBUFFERED"] = "1"
         prefix: list[str] = ["env"]
+        if clock_offset and not os.path.exists(LIBFAKETIME):
+            raise RuntimeError(
+                f"clock offsets need libfaketime ({LIBFAKETIME}): apt-get install faketime"
+            )
         if clock_offset:
             # Wall time only: the monotonic clock stays the lab's one clock.
             prefix += [

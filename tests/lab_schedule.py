@@ -94,7 +94,7 @@ def make_schedule(seed: int, faults: int = 3) -> dict[str, Any]:
         steps.append({"op": "wait", "for": round(rng.uniform(0.2, 0.8), 2)})
         steps.append(_fault(rng, rng.choice(FAULTS)))
     steps.append({"op": "wait", "for": 0.5})
-    return {"seed": seed, "setup": setup, "steps": steps}
+    return {"seed": seed, "faults": faults, "setup": setup, "steps": steps}
 
 
 class Runner:
@@ -344,9 +344,10 @@ def describe(schedule: dict[str, Any], history: History, report: Report, workdir
     """What a failing seed prints: the seed, its schedule, what happened, the violations."""
     t0 = history.events[0][0] if history.events else 0.0
     events = "\n".join(f"    {t - t0:7.3f} {text}" for t, text in history.events)
+    rerun = f"CACHERING_LAB_SEED={schedule['seed']} CACHERING_LAB_FAULTS={schedule['faults']}"
     return (
-        f"fault lab seed {schedule['seed']} (rerun: CACHERING_LAB_SEED={schedule['seed']} "
-        f"make lab)\n  setup {json.dumps(schedule['setup'])}\n  events:\n{events}\n"
+        f"fault lab seed {schedule['seed']} (rerun: {rerun} make lab)\n"
+        f"  setup {json.dumps(schedule['setup'])}\n  events:\n{events}\n"
         f"  counts {dict(report.counts)}\n  violations:\n{report.summary()}\n"
         f"  manager logs: {workdir}"
     )

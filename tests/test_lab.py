@@ -44,18 +44,20 @@ def _seeds() -> list[int]:
 
 
 SEEDS = _seeds()
+FAULTS = int(os.environ.get("CACHERING_LAB_FAULTS", "3") or 3)
+"""Faults per schedule (the CI share keeps 3 to stay within its time)."""
 _TODAY = "violated by today's code under some seeds (the control-plane and data-path findings)"
 INVARIANTS: dict[str, str | None] = {
     "manager_crash": None,
     "one_leader_per_epoch": f"{_TODAY}: two leaders in epoch 1 after a fleet amnesia",
     "epochs_never_go_back": None,
     "topology_from_winner": f"{_TODAY}: the old leader's topology accepted after amnesia",
-    "convergence": f"{_TODAY}: a manager whose config lists other nodes never converges",
-    "copies_agree": f"{_TODAY}: snapshot restarts and config drift leave copies apart",
+    "convergence": None,
+    "copies_agree": None,
     "no_phantom_reads": None,
-    "no_stale_reads": f"{_TODAY}: stale reads from other managers and snapshot restarts",
-    "no_lost_writes": f"{_TODAY}: a writer's clock behind expires its keys at once",
-    "no_resurrected_deletes": f"{_TODAY}: snapshot restarts and sweeps bring deleted keys back",
+    "no_stale_reads": f"{_TODAY}: an older copy read after a write acknowledged at `all`",
+    "no_lost_writes": f"{_TODAY}: keys of a writer whose clock is behind expire at once",
+    "no_resurrected_deletes": f"{_TODAY}: a deleted key read back with its old value",
     "expiry_follows_servers": f"{_TODAY}: expiry follows the writer's clock",
 }
 """Each invariant, and why it is expected to fail today (None: it must hold)."""
@@ -86,7 +88,7 @@ class Runs:
             workdir.mkdir()
             lab = Lab(self.net, workdir, f"lab{seed}")
             try:
-                schedule, history, report = run_seed(lab, seed)
+                schedule, history, report = run_seed(lab, seed, FAULTS)
             except Exception as exc:
                 events = "\n".join(f"    {t:.3f} {text}" for t, text in lab.history.events)
                 self.errors[seed] = (
@@ -108,8 +110,12 @@ class Runs:
 
 
 def _report(config: pytest.Config, runs: Runs) -> None:
+    """One line per seed on the terminal (not captured): what ran, what broke."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
+        return
+    with capture.global_and_fixture_disabled():
         reporter.write_line("")
         for line in runs.summary():
             reporter.write_line(line)
@@ -143,6 +149,13 @@ def loop_runs(pytestconfig: pytest.Config) -> Iterator[Runs]:
 
 def _check(runs: Runs, seed: int, invariant: str) -> None:
     schedule, history, report, workdir = runs.get(seed)
+    for mid, info in history.managers.items():  # the faults really happened as scheduled
+        shift = info.get("wall_offset")
+        assert shift is not None, f"{mid} never reported ready"
+        assert abs(shift - info["offset"]) < 5, f"{mid}: clock {shift:+.1f} s, not {info['offset']}"
+        # Its monotonic clock is the lab's (libfaketime shifts wall time only).
+        first, last = history.events[0][0], history.events[-1][0]
+        assert first - 60 < info["ready_t"] < last, f"{mid}: monotonic {info['ready_t']}"
     assert report.counts["writes"] > 0, describe(schedule, history, report, workdir)
     assert report.counts["reads"] > 0, describe(schedule, history, report, workdir)
     assert not report.violations.get(invariant), describe(schedule, history, report, workdir)
