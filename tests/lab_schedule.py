@@ -273,7 +273,10 @@ def final_state(lab: Lab, history: History) -> None:
     live = [m for m in lab.live() if not m.paused]
     if not live:
         return
-    reader = live[0]
+    # The final reads go through a manager configured like the fleet (not a drifted one).
+    plain = [m for m in live if history.managers[m.id]["nodes"] == NODES]
+    plain = [m for m in plain if not history.managers[m.id]["options"]]
+    reader = (plain or live)[0]
     keys = lab.all_keys()
     for m in live:
         m.send("load", on=False)
