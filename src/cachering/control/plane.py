@@ -72,7 +72,7 @@ from ..resp.pool import Pool
 from ..resp.pubsub import PubSub
 from .election import Election, fan_out, read_states
 from .health import HealthMonitor
-from .leader import LeaderDuties
+from .leader import LeaderDuties, PoolProvider, TopologyCommitter
 from .scripts import control_keys
 from .topology import Topology
 
@@ -171,7 +171,25 @@ class ControlPlane:
             "anti_entropy_repaired": 0,
         }
         # the leader's work: topology commits, repair, anti-entropy, membership
-        self._duties = LeaderDuties(self)
+        self._duties = LeaderDuties(
+            config,
+            self.id,
+            keys=self.keys,
+            election=self.election,
+            health=self.health,
+            bus=self.bus,
+            counters=self.counters,
+            round_timeout=self.round_timeout,
+            nodes=PoolProvider(
+                pool=self._pool,
+                watched=self._watched_pools,
+                opened=self._pools,
+                register=self._register,
+            ),
+            topology=TopologyCommitter(current=lambda: self.topology, adopt=self._adopt),
+            send=self._send,
+            tasks=lambda: self._tg,
+        )
         self.ready = anyio.Event()
         """Set once the first topology read finished."""
 
@@ -220,6 +238,10 @@ class ControlPlane:
                 backoff_max=0.0,
             )
         return pool
+
+    def _register(self, spec: NodeSpec) -> Pool:
+        self._specs[spec.id] = spec
+        return self._pool(spec.id)
 
     def _watched_pools(self) -> dict[str, Pool]:
         ids = dict.fromkeys([*self.voters, *self.topology.ids])
