@@ -35,9 +35,16 @@ from ..repair.sweep import SweepResult, anti_entropy
 from ..resp.pool import Pool
 from ..resp.script import Script
 from ..ring import Ring
-from .election import Election, fan_out, read_states
+from .election import Election, fan_out
 from .health import HealthMonitor
-from .scripts import TOPOLOGY_CAS_LUA, CasReply, ControlKeys, parse_cas, topology_cas_args
+from .scripts import (
+    TOPOLOGY_CAS_LUA,
+    CasReply,
+    ControlKeys,
+    NodeControlState,
+    parse_cas,
+    topology_cas_args,
+)
 from .topology import NodeState, Topology, TopologyNode
 
 __all__ = ["LeaderDuties", "PoolProvider", "Sender", "TopologyCommitter"]
@@ -66,11 +73,20 @@ class PoolProvider:
 
 @attrs.frozen
 class TopologyCommitter:
-    """The manager's current topology (``current()``) and how a committed one is adopted
-    (``adopt(topology, source)``, True if it was newer)."""
+    """The manager's topology and how topologies are stored on the nodes.
+
+    ``current()`` is the manager's topology; ``adopt(topology, source)`` adopts a
+    committed one (True if it was newer); ``read()`` reads every node's control state with
+    stored topologies that fail authentication screened out; ``sign(payload)`` is the
+    seal stored next to a payload; ``untrusted`` maps nodes to a stored payload that
+    failed authentication, which the next write replaces.
+    """
 
     current: Callable[[], Topology]
     adopt: Callable[[Topology, str], bool]
+    read: Callable[[], Awaitable[dict[str, NodeControlState | None]]]
+    sign: Callable[[bytes], str]
+    untrusted: dict[str, bytes]
 
 
 class LeaderDuties:
@@ -141,17 +157,23 @@ class LeaderDuties:
 
     async def cas_all(self, topology: Topology, ids: list[str]) -> dict[str, CasReply | None]:
         """Write ``topology`` with ``TOPOLOGY_CAS`` to the nodes ``ids`` in parallel."""
-        args = topology_cas_args(topology)
+        sealed = self.topo.sign(topology.to_bytes())
         pools = {n: self.nodes.pool(n) for n in ids}
 
         async def cas(node: str) -> CasReply:
-            reply = await pools[node].run_script(
-                _CAS,
-                [self.keys.topology, self.keys.election],
-                args,
-                timeout=self.round_timeout,
+            replace = self.topo.untrusted.get(node, b"")
+            args = topology_cas_args(topology, self.id, seal=sealed, replace=replace)
+            reply = parse_cas(
+                await pools[node].run_script(
+                    _CAS,
+                    [self.keys.topology, self.keys.election],
+                    args,
+                    timeout=self.round_timeout,
+                )
             )
-            return parse_cas(reply)
+            if reply.holds and replace and self.topo.untrusted.get(node) == replace:
+                del self.topo.untrusted[node]
+            return reply
 
         return await fan_out(ids, cas, self.round_timeout)
 
@@ -172,7 +194,7 @@ class LeaderDuties:
             for r in replies.values():
                 if r is None:
                     continue
-                if r.status == "STALE_EPOCH" or r.status == "CONFLICT":
+                if r.status in ("STALE_EPOCH", "CONFLICT", "NOTVOTED"):
                     self.counters["topology_writes_refused"] += 1
                 for e in (r.node_epoch, r.stored_epoch):
                     if e is not None and e > topology.epoch:
@@ -201,12 +223,7 @@ class LeaderDuties:
             self._restamping = False
 
     async def _restamp_now(self, epoch: int) -> None:
-        states = await read_states(
-            self.nodes.watched(),
-            self.nodes.watched(),
-            self.keys,
-            self.round_timeout,
-        )
+        states = await self.topo.read()
         newest = self.topology
         for s in states.values():
             if s is not None and s.topology is not None and s.topology.newer_than(newest):

@@ -73,7 +73,8 @@ from ..resp.pubsub import PubSub
 from .election import Election, fan_out, read_states
 from .health import HealthMonitor
 from .leader import LeaderDuties, PoolProvider, TopologyCommitter
-from .scripts import control_keys
+from .scripts import NodeControlState, control_keys
+from .seals import UNSIGNED_WARNING, SealCheck, screen, seal
 from .topology import Topology
 
 __all__ = ["ControlPlane", "NotLeader"]  # NotLeader lives in errors; re-exported here
@@ -169,7 +170,10 @@ class ControlPlane:
             "anti_entropy_sweeps": 0,
             "anti_entropy_incomplete": 0,
             "anti_entropy_repaired": 0,
+            "topology_unsigned": 0,
+            "topology_forged": 0,
         }
+        self._untrusted: dict[str, bytes] = {}  # node -> stored payload that failed its seal
         # the leader's work: topology commits, repair, anti-entropy, membership
         self._duties = LeaderDuties(
             config,
@@ -186,7 +190,13 @@ class ControlPlane:
                 opened=self._pools,
                 register=self._register,
             ),
-            topology=TopologyCommitter(current=lambda: self.topology, adopt=self._adopt),
+            topology=TopologyCommitter(
+                current=lambda: self.topology,
+                adopt=self._adopt,
+                read=self._read_trusted,
+                sign=self._sign,
+                untrusted=self._untrusted,
+            ),
             send=self._send,
             tasks=lambda: self._tg,
         )
@@ -444,12 +454,31 @@ class ControlPlane:
         self.election.request_seed()
         self._reread.set()
 
+    def _sign(self, payload: bytes) -> str:
+        return seal(self.codec.keyring, self.config.namespace, payload)
+
+    def _on_refused(self, node: str, verdict: SealCheck, payload: bytes) -> None:
+        if self._untrusted.get(node) == payload:
+            return  # counted and logged when first seen
+        self._untrusted[node] = payload
+        self.counters["topology_unsigned" if verdict == "unsigned" else "topology_forged"] += 1
+        logger.warning(
+            "cachering: node %s holds a topology that fails authentication (%s); "
+            "refused, and replaced by the leader's next write",
+            node,
+            verdict,
+        )
+
+    async def _read_trusted(self) -> dict[str, NodeControlState | None]:
+        """Every node's control state; stored topologies that fail their seal screened out."""
+        pools = self._watched_pools()
+        states = await read_states(pools, pools, self.keys, self.round_timeout)
+        return screen(states, self.codec.keyring, self.config.namespace, self._on_refused)
+
     async def _refresh(self, source: str) -> None:
         """Read every node; adopt the newest valid topology; a leader repairs stale copies."""
         self.counters["rereads"] += 1
-        states = await read_states(
-            self._watched_pools(), self._watched_pools(), self.keys, self.round_timeout
-        )
+        states = await self._read_trusted()
         newest: Topology | None = None
         for s in states.values():
             if s is None:
@@ -608,7 +637,7 @@ class ControlPlane:
             "messages": codec,
             "messages_dropped": codec["dropped"],
             "secret_configured": self.codec.signed,
-            "warnings": [] if self.codec.signed else ["no secret: control messages are unsigned"],
+            "warnings": [] if self.codec.signed else [UNSIGNED_WARNING],
             "election": self.election.status(),
             "counters": dict(self.counters),
             "events_published": self.bus.published,
