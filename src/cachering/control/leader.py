@@ -62,13 +62,15 @@ class PoolProvider:
 
     ``pool(id)`` opens (or returns) the pool of one node; ``watched()`` gives the pools of
     every voter and topology node; ``opened`` is the live mapping of every pool opened so
-    far; ``register(spec)`` makes a new node known (and opens its pool).
+    far; ``register(spec)`` makes a new node known (and opens its pool); ``learn(node)``
+    makes a node of a topology known by its address.
     """
 
     pool: Callable[[str], Pool]
     watched: Callable[[], dict[str, Pool]]
     opened: dict[str, Pool]
     register: Callable[[NodeSpec], Pool]
+    learn: Callable[[TopologyNode], NodeSpec]
 
 
 @attrs.frozen
@@ -158,13 +160,14 @@ class LeaderDuties:
     async def cas_all(self, topology: Topology, ids: list[str]) -> dict[str, CasReply | None]:
         """Write ``topology`` with ``TOPOLOGY_CAS`` to the nodes ``ids`` in parallel."""
         sealed = self.topo.sign(topology.to_bytes())
-        pools = {n: self.nodes.pool(n) for n in ids}
+        for tnode in topology.nodes:
+            self.nodes.learn(tnode)  # a node it holds that this manager never adopted
 
         async def cas(node: str) -> CasReply:
             replace = self.topo.untrusted.get(node, b"")
             args = topology_cas_args(topology, self.id, seal=sealed, replace=replace)
             reply = parse_cas(
-                await pools[node].run_script(
+                await self.nodes.pool(node).run_script(
                     _CAS,
                     [self.keys.topology, self.keys.election],
                     args,

@@ -73,9 +73,9 @@ from ..resp.pubsub import PubSub
 from .election import Election, fan_out, read_states
 from .health import HealthMonitor
 from .leader import LeaderDuties, PoolProvider, TopologyCommitter
-from .scripts import NodeControlState, control_keys
-from .seals import UNSIGNED_WARNING, SealCheck, screen, seal
-from .topology import Topology
+from .scripts import NodeControlState, control_keys, voters_id
+from .seals import UNSIGNED_WARNING, SealCheck, check_seal, screen, seal
+from .topology import Topology, TopologyNode
 
 __all__ = ["ControlPlane", "NotLeader"]  # NotLeader lives in errors; re-exported here
 
@@ -146,6 +146,7 @@ class ControlPlane:
             on_elected=self._elected,
             on_stepped_down=self._stepped_down,
             others=lambda: self.topology.ids,
+            identity=self._identity(),
         )
         self._seq = time.time_ns() // 1000
         self._tg: TaskGroup | None = None
@@ -172,6 +173,7 @@ class ControlPlane:
             "anti_entropy_repaired": 0,
             "topology_unsigned": 0,
             "topology_forged": 0,
+            "voter_mismatches": 0,
         }
         self._untrusted: dict[str, bytes] = {}  # node -> stored payload that failed its seal
         # the leader's work: topology commits, repair, anti-entropy, membership
@@ -189,6 +191,7 @@ class ControlPlane:
                 watched=self._watched_pools,
                 opened=self._pools,
                 register=self._register,
+                learn=self._learn,
             ),
             topology=TopologyCommitter(
                 current=lambda: self.topology,
@@ -228,11 +231,19 @@ class ControlPlane:
         """The connection spec of a node (configured, added, or learned from the topology)."""
         spec = self._specs.get(node_id)
         if spec is None:
-            tnode = self.topology.node(node_id)
+            if node_id not in self.topology:
+                raise NodeUnavailable(node_id, "not a configured node nor in the topology")
+            spec = self._learn(self.topology.node(node_id))
+        return spec
+
+    def _learn(self, tnode: TopologyNode) -> NodeSpec:
+        """The spec of a topology node (made from the first configured node's settings)."""
+        spec = self._specs.get(tnode.id)
+        if spec is None:
             base = self.config.nodes[0]
             spec = attrs.evolve(base, id=tnode.id, host=tnode.host, port=tnode.port)
             spec = attrs.evolve(spec, weight=tnode.weight)
-            self._specs[node_id] = spec
+            self._specs[tnode.id] = spec
         return spec
 
     def _pool(self, node_id: str) -> Pool:
@@ -454,6 +465,35 @@ class ControlPlane:
         self.election.request_seed()
         self._reread.set()
 
+    def _identity(self) -> tuple[str, str]:
+        ident = voters_id(self.voters)
+        return ident, self._sign(b"voters." + ident.encode("utf-8"))
+
+    def _check_voters(self, states: dict[str, NodeControlState | None]) -> None:
+        """Refuse to campaign while a node holds a (validly sealed) voter set other than
+        the configured one: the voter set is part of the cluster's identity."""
+        mine = self.election.identity[0]
+        keyring, ns = self.codec.keyring, self.config.namespace
+        differ: dict[str, str] = {}
+        for node, s in states.items():
+            if s is None or not s.voters or s.voters == mine:
+                continue
+            payload = b"voters." + s.voters.encode("utf-8")
+            if check_seal(keyring, ns, payload, s.voters_seal) == "ok":
+                differ[node] = s.voters
+        reason = None
+        if differ:
+            node, stored = sorted(differ.items())[0]
+            reason = (
+                f"configured voters {mine} differ from the cluster's voters {stored} "
+                f"(stored on {', '.join(sorted(differ))}); not campaigning: fix the node list"
+            )
+        if reason != self.election.refusal:
+            if reason is not None:
+                self.counters["voter_mismatches"] += 1
+                logger.error("cachering: %s", reason)
+            self.election.refuse(reason)
+
     def _sign(self, payload: bytes) -> str:
         return seal(self.codec.keyring, self.config.namespace, payload)
 
@@ -479,6 +519,7 @@ class ControlPlane:
         """Read every node; adopt the newest valid topology; a leader repairs stale copies."""
         self.counters["rereads"] += 1
         states = await self._read_trusted()
+        self._check_voters(states)
         newest: Topology | None = None
         for s in states.values():
             if s is None:
@@ -638,6 +679,7 @@ class ControlPlane:
             "messages_dropped": codec["dropped"],
             "secret_configured": self.codec.signed,
             "warnings": [] if self.codec.signed else [UNSIGNED_WARNING],
+            "errors": [self.election.refusal] if self.election.refusal else [],
             "election": self.election.status(),
             "counters": dict(self.counters),
             "events_published": self.bus.published,

@@ -9,10 +9,11 @@ cluster namespace (see :func:`control_keys`):
     ``ready``: ``1`` once the node knows an epoch floor; ``born``: the node's clock (µs)
     when it was first seen without state (also a token naming this incarnation of the
     state); ``boot``: present while the node was seeded by the bootstrap of a fresh
-    cluster and has not voted since.
+    cluster and has not voted since; ``voters`` and ``vseal``: the cluster's voter set
+    (:func:`voters_id`) and its seal, stored when the node is seeded.
 ``{ns}:ctl:topology`` (hash)
     ``epoch``, ``version`` and ``payload`` (:meth:`Topology.to_bytes`) of the newest
-    topology this node accepted.
+    topology this node accepted, and ``seal``, the leader's MAC of the payload.
 
 The election state is one hash so that losing it (restart without persistence, FLUSHALL,
 or eviction under an ``allkeys-*`` policy) loses all of it at once: the node then stops
@@ -40,6 +41,7 @@ at once, no rule can recover their votes; such a cluster waits for an operator.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Final, Literal
 
@@ -70,6 +72,7 @@ __all__ = [
     "seed_args",
     "topology_cas_args",
     "vote_args",
+    "voters_id",
 ]
 
 
@@ -140,7 +143,7 @@ SEED_FLOOR_LUA: Final = (
     + r"""
 -- KEYS[1] election hash, KEYS[2] topology hash
 -- ARGV[1] floor epoch, ARGV[2] born token seen by the caller, ARGV[3] min age ms,
--- ARGV[4] '1' when seeding a fresh cluster
+-- ARGV[4] '1' when seeding a fresh cluster, ARGV[5] the seeder's voter set, ARGV[6] its seal
 local f = stamp(ARGV[1])
 local min_age = stamp(ARGV[3])
 if not f or not min_age then
@@ -175,6 +178,9 @@ if ARGV[4] == '1' then
 end
 redis.call('HSET', KEYS[1], 'epoch', floor_s, 'voted_for', '', 'ready', '1')
 if ARGV[4] == '1' then redis.call('HSET', KEYS[1], 'boot', '1') end
+if ARGV[5] and ARGV[5] ~= '' and redis.call('HEXISTS', KEYS[1], 'voters') == 0 then
+  redis.call('HSET', KEYS[1], 'voters', ARGV[5], 'vseal', ARGV[6] or '')
+end
 return {'SEEDED', floor_s, '', born}
 """
 )
@@ -255,18 +261,20 @@ READ_LUA: Final = (
     _LUA_COMMON
     + r"""
 -- KEYS[1] election hash, KEYS[2] topology hash
-local st = redis.call('HMGET', KEYS[1], 'ready', 'epoch', 'voted_for', 'born', 'boot')
+local st = redis.call('HMGET', KEYS[1], 'ready', 'epoch', 'voted_for', 'born', 'boot',
+                     'voters', 'vseal')
 local born = touch(KEYS[1], st[4])
 local t = redis.call('HMGET', KEYS[2], 'epoch', 'version', 'payload', 'seal')
 return {st[1] == '1' and '1' or '0', st[2] or '', st[3] or '', born,
         string.format('%d', age_ms(born)), st[5] and '1' or '0',
-        t[1] or '', t[2] or '', t[3] or '', t[4] or ''}
+        t[1] or '', t[2] or '', t[3] or '', t[4] or '', st[6] or '', st[7] or ''}
 """
 )
 """Everything a manager needs from one node in one call (starts the ``born`` clock).
 
 KEYS: election hash, topology hash. Reply: ``[ready, epoch, voted_for, born, age_ms,
-boot, topology epoch, topology version, payload, seal]``; see :func:`parse_read`.
+boot, topology epoch, topology version, payload, seal, voters, voters seal]``; see
+:func:`parse_read`.
 """
 
 
@@ -306,13 +314,32 @@ def vote_args(epoch: int, candidate: str) -> list[str]:
     return [str(epoch), candidate]
 
 
-def seed_args(floor: int, born: str, min_age_ms: int, *, bootstrap: bool = False) -> list[str]:
-    """ARGV for :data:`SEED_FLOOR_LUA` (KEYS: ``[keys.election, keys.topology]``)."""
+def seed_args(
+    floor: int,
+    born: str,
+    min_age_ms: int,
+    *,
+    bootstrap: bool = False,
+    voters: str = "",
+    voters_seal: str = "",
+) -> list[str]:
+    """ARGV for :data:`SEED_FLOOR_LUA` (KEYS: ``[keys.election, keys.topology]``).
+
+    ``voters`` (the cluster's voter set, see :func:`voters_id`) and its seal are stored on
+    a node seeded without one: the voter set is part of the cluster's identity.
+    """
     _check_stamp("floor", floor)
     _check_stamp("min_age_ms", min_age_ms)
     if not isinstance(born, str) or not born:
         raise ValueError(f"born must be the token read from the node, got {born!r}")
-    return [str(floor), born, str(min_age_ms), "1" if bootstrap else "0"]
+    if not isinstance(voters, str) or not isinstance(voters_seal, str):
+        raise TypeError("voters and voters_seal must be str")
+    return [str(floor), born, str(min_age_ms), "1" if bootstrap else "0", voters, voters_seal]
+
+
+def voters_id(voters: Sequence[str]) -> str:
+    """The canonical form of a voter set as stored on the nodes (a sorted JSON list)."""
+    return json.dumps(sorted(voters), ensure_ascii=True, separators=(",", ":"))
 
 
 def topology_cas_args(
@@ -433,6 +460,8 @@ class NodeControlState:
     topology_error: str | None = None
     topology_payload: bytes = b""
     topology_seal: str = ""
+    voters: str = ""
+    voters_seal: str = ""
 
     @property
     def fresh(self) -> bool:
@@ -470,12 +499,12 @@ def parse_cas(reply: object) -> CasReply:
 
 def parse_read(reply: object) -> NodeControlState:
     """Decode a :data:`READ_LUA` reply; an invalid stored topology is reported, not raised."""
-    if isinstance(reply, (list, tuple)) and len(reply) == 10:
+    if isinstance(reply, (list, tuple)) and len(reply) == 12:
         payload_raw = reply[8]
-        head = _fields([*reply[:8], "", reply[9]], 10, "read")
+        head = _fields([*reply[:8], "", *reply[9:]], 12, "read")
     else:
-        raise BadControlReply(f"read reply must be an array of 10, got {reply!r:.200}")
-    ready, epoch, voted, born, age, boot, te_s, tv_s, _, seal = head
+        raise BadControlReply(f"read reply must be an array of 12, got {reply!r:.200}")
+    ready, epoch, voted, born, age, boot, te_s, tv_s, _, seal, voters, vseal = head
     te, tv = _opt_int(te_s, "read"), _opt_int(tv_s, "read")
     topology: Topology | None = None
     error: str | None = None
@@ -505,6 +534,8 @@ def parse_read(reply: object) -> NodeControlState:
         topology_error=error,
         topology_payload=bytes(payload_raw),
         topology_seal=seal,
+        voters=voters,
+        voters_seal=vseal,
     )
 
 
