@@ -164,7 +164,8 @@ def test_topology_cas(nodes: list[Node]) -> None:
     t0 = Topology(0, 0, Topology.initial(SPECS).nodes, "m0")
     assert node.cas(t0).status == "NOTREADY"
     node.seed(0)
-    assert node.cas(t0).status == "NOTVOTED", "nobody holds a vote in the floor epoch"
+    assert node.cas(t0).holds, "seeded with the floor: it voted for nobody in it"
+    assert node.read().voted_for == "", "and still votes for nobody in it"
     t1 = t0.with_state("b", "down", epoch=2, leader="m1")
     assert node.cas(t1) == CasReply("ACCEPTED", 2, 1, 2)
     assert node.read().voted_for == "m1", "a write in a new epoch is the writer's vote"

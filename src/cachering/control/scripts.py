@@ -221,8 +221,10 @@ local cur = tonumber(st[2])
 if e < cur then
   return {'STALE_EPOCH', te_s, tv_s, st[2]}
 end
--- only the manager this node voted for in e writes in e
-if e == cur and (st[4] or '') ~= writer then
+-- only the manager this node voted for in e writes in e (a node seeded with e as its
+-- floor voted for nobody in it and cannot tell; epochs are never reused, so e has one winner)
+local voted = st[4] or ''
+if e == cur and voted ~= '' and voted ~= writer then
   return {'NOTVOTED', te_s, tv_s, st[2]}
 end
 local te, tv = stamp(t[1]), stamp(t[2])
@@ -253,8 +255,9 @@ in no epoch up to e yet, the write counts as that manager's vote request and is 
 (one vote per epoch still holds). Reply: ``[status, stored epoch, stored version, node
 epoch]`` with status ``ACCEPTED``, ``HELD`` (this very topology is already stored: counts
 as holding it), ``OLDER``, ``CONFLICT`` (same stamp, other payload), ``STALE_EPOCH``
-(epoch below the node's), ``NOTVOTED`` (the node voted for someone else, or nobody, in
-this epoch) or ``NOTREADY``.
+(epoch below the node's), ``NOTVOTED`` (the node voted for another manager in this
+epoch) or ``NOTREADY``. A node seeded with the epoch as its floor voted for nobody in it
+and accepts the write: epochs are never reused, so only the epoch's winner can write.
 """
 
 READ_LUA: Final = (
