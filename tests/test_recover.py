@@ -41,6 +41,17 @@ def _ready(local: LocalCluster, ns: str) -> list[bool]:
     return flags
 
 
+def _kept(local: LocalCluster, ns: str) -> list[str]:
+    """The user keys node 2 (which kept its data) still holds."""
+    spec = local.nodes[2]
+    client = redis.Redis(host=spec.host, port=spec.port, socket_timeout=1)
+    try:
+        prefix = f"{ns}:k:".encode()
+        return sorted(k[len(prefix) :].decode() for k in client.scan_iter(match=prefix + b"*"))
+    finally:
+        client.close()
+
+
 async def test_recover_reseeds_a_majority_restarted_empty(tmp_path: Path) -> None:
     ns = "recover"
     async with LocalCluster(3) as local:
@@ -61,7 +72,8 @@ async def test_recover_reseeds_a_majority_restarted_empty(tmp_path: Path) -> Non
             f"heartbeat_interval = 0.1\ntimeout = 0.5\n"
             f'[cachering.secret]\nk = "{SECRET.decode()}"\n'
         )
-        async with Cluster(failover_config(local.nodes, ns, manager_id="m2")) as second:
+        cfg2 = failover_config(local.nodes, ns, manager_id="m2", anti_entropy_interval=0)
+        async with Cluster(cfg2) as second:
             assert second.control is not None
             timeout = second.control.config.effective_election_timeout
             with anyio.move_on_after(timeout * 4):
@@ -84,6 +96,19 @@ async def test_recover_reseeds_a_majority_restarted_empty(tmp_path: Path) -> Non
                     await anyio.sleep(0.02)
             assert second.epoch > old_epoch
             assert await anyio.to_thread.run_sync(_ready, local, ns) == [True, True, True]
+            # the nodes that came back empty are rebuilt before they serve: every key the
+            # surviving node still holds reads back (no misses from an empty node)
+            kept = await anyio.to_thread.run_sync(_kept, local, ns)
+            assert kept
+            with anyio.fail_after(30):
+                while True:
+                    states = {n.state for n in second.topology.nodes}
+                    assert second.control is not None
+                    if states == {"up"} and not second.control.lagging:
+                        values = [await second.get(k) for k in kept]
+                        if all(v == b"v" for v in values):
+                            break
+                    await anyio.sleep(0.05)
         code, text = await anyio.to_thread.run_sync(_cli, "recover", "--config", str(path))
         assert code == 0
         assert "every node holds its election state" in text

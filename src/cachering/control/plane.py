@@ -533,6 +533,11 @@ class ControlPlane:
                 self.election.request_seed()
         if newest is not None:
             self._adopt(newest, source)
+            # A node of an established cluster without election state lost it with its
+            # data (restart, flush): rebuild it before it serves again, as after a restart.
+            for node, st in states.items():
+                if st is not None and not st.ready and node in self.topology:
+                    self._duties.empty.add(node)
         if source == "start":
             self.election.observe_votes(states)
         if self._duties.in_charge():
