@@ -49,7 +49,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import anyio
-import attrs
 from anyio.abc import TaskGroup, TaskStatus
 
 from ..config import ClusterConfig
@@ -68,14 +67,15 @@ from ..messages import ControlMessage, Keyring, MessageCodec, MessageKind, Messa
 from ..node import NodeSpec
 from ..repair.hints import pending_hints
 from ..repair.sweep import SweepResult
-from ..resp.pool import Pool
 from ..resp.pubsub import PubSub
 from .election import Election, fan_out, read_states
+from .guard import StateGuard
 from .health import HealthMonitor
-from .leader import LeaderDuties, PoolProvider, TopologyCommitter
-from .scripts import NodeControlState, control_keys, voters_id
-from .seals import UNSIGNED_WARNING, SealCheck, check_seal, screen, seal
-from .topology import Topology, TopologyNode
+from .leader import LeaderDuties, TopologyCommitter
+from .pools import NodePools
+from .scripts import NodeControlState, control_keys
+from .seals import UNSIGNED_WARNING
+from .topology import Topology
 
 __all__ = ["ControlPlane", "NotLeader"]  # NotLeader lives in errors; re-exported here
 
@@ -120,8 +120,11 @@ class ControlPlane:
         interval = config.heartbeat_interval
         self.round_timeout = min(config.timeout, interval)
         self.topology: Topology = Topology.initial(config.nodes)
-        self._specs: dict[str, NodeSpec] = {n.id: n for n in config.nodes}
-        self._pools: dict[str, Pool] = {}
+        self.nodes = NodePools(config, self.voters, lambda: self.topology, self.round_timeout)
+        self._specs = self.nodes.specs
+        self._pools = self.nodes.opened
+        self._pool = self.nodes.pool
+        self._watched_pools = self.nodes.watched
         self.health = HealthMonitor(
             self._watched_pools,
             interval=interval,
@@ -146,7 +149,6 @@ class ControlPlane:
             on_elected=self._elected,
             on_stepped_down=self._stepped_down,
             others=lambda: self.topology.ids,
-            identity=self._identity(),
         )
         self._seq = time.time_ns() // 1000
         self._tg: TaskGroup | None = None
@@ -171,11 +173,9 @@ class ControlPlane:
             "anti_entropy_sweeps": 0,
             "anti_entropy_incomplete": 0,
             "anti_entropy_repaired": 0,
-            "topology_unsigned": 0,
-            "topology_forged": 0,
-            "voter_mismatches": 0,
         }
-        self._untrusted: dict[str, bytes] = {}  # node -> stored payload that failed its seal
+        self.guard = StateGuard(self.codec.keyring, config.namespace, self.voters, self.counters)
+        self.election.identity = self.guard.identity
         # the leader's work: topology commits, repair, anti-entropy, membership
         self._duties = LeaderDuties(
             config,
@@ -186,19 +186,13 @@ class ControlPlane:
             bus=self.bus,
             counters=self.counters,
             round_timeout=self.round_timeout,
-            nodes=PoolProvider(
-                pool=self._pool,
-                watched=self._watched_pools,
-                opened=self._pools,
-                register=self._register,
-                learn=self._learn,
-            ),
+            nodes=self.nodes.provider(),
             topology=TopologyCommitter(
                 current=lambda: self.topology,
                 adopt=self._adopt,
                 read=self._read_trusted,
-                sign=self._sign,
-                untrusted=self._untrusted,
+                sign=self.guard.sign,
+                untrusted=self.guard.untrusted,
             ),
             send=self._send,
             tasks=lambda: self._tg,
@@ -229,44 +223,7 @@ class ControlPlane:
 
     def spec(self, node_id: str) -> NodeSpec:
         """The connection spec of a node (configured, added, or learned from the topology)."""
-        spec = self._specs.get(node_id)
-        if spec is None:
-            if node_id not in self.topology:
-                raise NodeUnavailable(node_id, "not a configured node nor in the topology")
-            spec = self._learn(self.topology.node(node_id))
-        return spec
-
-    def _learn(self, tnode: TopologyNode) -> NodeSpec:
-        """The spec of a topology node (made from the first configured node's settings)."""
-        spec = self._specs.get(tnode.id)
-        if spec is None:
-            base = self.config.nodes[0]
-            spec = attrs.evolve(base, id=tnode.id, host=tnode.host, port=tnode.port)
-            spec = attrs.evolve(spec, weight=tnode.weight)
-            self._specs[tnode.id] = spec
-        return spec
-
-    def _pool(self, node_id: str) -> Pool:
-        pool = self._pools.get(node_id)
-        if pool is None:
-            c = self.config
-            pool = self._pools[node_id] = Pool(
-                self.spec(node_id),
-                max_size=4,
-                connect_timeout=min(c.connect_timeout, max(self.round_timeout, 0.05)),
-                timeout=self.round_timeout,
-                backoff_base=0.0,
-                backoff_max=0.0,
-            )
-        return pool
-
-    def _register(self, spec: NodeSpec) -> Pool:
-        self._specs[spec.id] = spec
-        return self._pool(spec.id)
-
-    def _watched_pools(self) -> dict[str, Pool]:
-        ids = dict.fromkeys([*self.voters, *self.topology.ids])
-        return {n: self._pool(n) for n in ids}
+        return self.nodes.spec(node_id)
 
     # ------------------------------------------------------------------ service
 
@@ -465,55 +422,19 @@ class ControlPlane:
         self.election.request_seed()
         self._reread.set()
 
-    def _identity(self) -> tuple[str, str]:
-        ident = voters_id(self.voters)
-        return ident, self._sign(b"voters." + ident.encode("utf-8"))
-
     def _check_voters(self, states: dict[str, NodeControlState | None]) -> None:
-        """Refuse to campaign while a node holds a (validly sealed) voter set other than
-        the configured one: the voter set is part of the cluster's identity."""
-        mine = self.election.identity[0]
-        keyring, ns = self.codec.keyring, self.config.namespace
-        differ: dict[str, str] = {}
-        for node, s in states.items():
-            if s is None or not s.voters or s.voters == mine:
-                continue
-            payload = b"voters." + s.voters.encode("utf-8")
-            if check_seal(keyring, ns, payload, s.voters_seal) == "ok":
-                differ[node] = s.voters
-        reason = None
-        if differ:
-            node, stored = sorted(differ.items())[0]
-            reason = (
-                f"configured voters {mine} differ from the cluster's voters {stored} "
-                f"(stored on {', '.join(sorted(differ))}); not campaigning: fix the node list"
-            )
+        """Refuse to campaign while the cluster's stored voter set is not the configured one."""
+        reason = self.guard.voter_mismatch(states)
         if reason != self.election.refusal:
             if reason is not None:
                 self.counters["voter_mismatches"] += 1
                 logger.error("cachering: %s", reason)
             self.election.refuse(reason)
 
-    def _sign(self, payload: bytes) -> str:
-        return seal(self.codec.keyring, self.config.namespace, payload)
-
-    def _on_refused(self, node: str, verdict: SealCheck, payload: bytes) -> None:
-        if self._untrusted.get(node) == payload:
-            return  # counted and logged when first seen
-        self._untrusted[node] = payload
-        self.counters["topology_unsigned" if verdict == "unsigned" else "topology_forged"] += 1
-        logger.warning(
-            "cachering: node %s holds a topology that fails authentication (%s); "
-            "refused, and replaced by the leader's next write",
-            node,
-            verdict,
-        )
-
     async def _read_trusted(self) -> dict[str, NodeControlState | None]:
         """Every node's control state; stored topologies that fail their seal screened out."""
         pools = self._watched_pools()
-        states = await read_states(pools, pools, self.keys, self.round_timeout)
-        return screen(states, self.codec.keyring, self.config.namespace, self._on_refused)
+        return self.guard.screen(await read_states(pools, pools, self.keys, self.round_timeout))
 
     async def _refresh(self, source: str) -> None:
         """Read every node; adopt the newest valid topology; a leader repairs stale copies."""
