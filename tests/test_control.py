@@ -193,6 +193,7 @@ async def test_partitioned_leader_steps_down(local: LocalCluster, direction: str
                         stale.epoch,
                         stale.version,
                         stale.to_bytes(),
+                        old.id,
                     )
                 finally:
                     client.close()

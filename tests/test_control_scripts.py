@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
@@ -160,15 +161,18 @@ def test_seed_never_goes_below_a_held_topology(nodes: list[Node]) -> None:
 
 def test_topology_cas(nodes: list[Node]) -> None:
     node = nodes[0]
-    t0 = Topology.initial(SPECS)
+    t0 = Topology(0, 0, Topology.initial(SPECS).nodes, "m0")
     assert node.cas(t0).status == "NOTREADY"
     node.seed(0)
-    assert node.cas(t0).holds
+    assert node.cas(t0).holds, "seeded with the floor: it voted for nobody in it"
+    assert node.read().voted_for == "", "and still votes for nobody in it"
     t1 = t0.with_state("b", "down", epoch=2, leader="m1")
-    assert node.cas(t1) == CasReply("ACCEPTED", 2, 1, 0)
+    assert node.cas(t1) == CasReply("ACCEPTED", 2, 1, 2)
+    assert node.read().voted_for == "m1", "a write in a new epoch is the writer's vote"
+    assert node.vote(2, "m2").status == "REFUSED"
     assert node.cas(t1).status == "HELD"
-    assert node.cas(t0) == CasReply("OLDER", 2, 1, 0)
-    other = Topology(2, 1, t0.nodes, "m2")
+    assert node.cas(t0) == CasReply("STALE_EPOCH", 2, 1, 2)
+    other = Topology(2, 1, t0.nodes, "m1")
     assert node.cas(other).status == "CONFLICT"
     node.vote(5, "m3")
     t2 = t1.with_state("b", "up", epoch=4)
@@ -179,6 +183,19 @@ def test_topology_cas(nodes: list[Node]) -> None:
     assert state.topology == t3
     assert state.topology_error is None
     assert (state.topology_epoch, state.topology_version) == (5, 2)
+
+
+def test_topology_cas_only_from_the_manager_voted_for(nodes: list[Node]) -> None:
+    node = nodes[0]
+    node.seed(0)
+    assert node.vote(3, "winner").granted
+    base = Topology.initial(SPECS)
+    mine = Topology(3, 1, base.nodes, "winner")
+    theirs = Topology(3, 2, base.nodes, "impostor")
+    assert node.cas(theirs) == CasReply("NOTVOTED", None, None, 3)
+    assert node.cas(mine).status == "ACCEPTED"
+    assert node.cas(theirs).status == "NOTVOTED", "a newer version from a non-winner too"
+    assert node.read().topology == mine
 
 
 def test_read_reports_a_corrupt_topology_instead_of_raising(nodes: list[Node]) -> None:
@@ -234,16 +251,20 @@ def test_fresh_cluster_bootstrap(nodes: list[Node]) -> None:
     plan = plan_seed(3, states, "n0", known_epoch=4)
     assert plan == SeedPlan(4, bootstrap=True)
     # the bootstrapping manager dies after seeding one node: the others still bootstrap
-    assert nodes[0].seed(4, born=states["n0"].born, bootstrap=True).status == "SEEDED"
+    before_ms = time.time_ns() // 1_000_000 - 60_000  # the server's clock, within a minute
+    seeded = nodes[0].seed(4, born=states["n0"].born, bootstrap=True)
+    assert seeded.status == "SEEDED"
+    assert seeded.epoch is not None
+    assert seeded.epoch > before_ms, "the floor is the clock in ms"
     states = read_all()
     assert states["n0"].boot
-    assert plan_seed(3, states, "n1") == SeedPlan(4, bootstrap=True)
+    assert plan_seed(3, states, "n1") == SeedPlan(seeded.epoch, bootstrap=True)
     # once a vote was cast, the boot marker goes and a fresh node needs a real majority
-    nodes[1].seed(4)
-    assert nodes[0].vote(5, "m").granted
+    nodes[1].seed(seeded.epoch)
+    assert nodes[0].vote(seeded.epoch + 1, "m").granted
     states = read_all()
     assert not states["n0"].boot
-    assert plan_seed(3, states, "n2") == SeedPlan(5, bootstrap=False)
+    assert plan_seed(3, states, "n2") == SeedPlan(seeded.epoch + 1, bootstrap=False)
     assert plan_seed(3, {**states, "n1": None}, "n2") is None
 
 

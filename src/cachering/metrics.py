@@ -233,6 +233,15 @@ class ControlCounters:
         "topology_writes_refused", "Topology writes a node refused."
     )
     topology_adopted: int = _control("topology_adopted", "Newer topologies adopted.")
+    topology_unsigned: int = _control(
+        "topology_unsigned", "Stored topologies refused for carrying no seal (with a secret)."
+    )
+    topology_forged: int = _control(
+        "topology_forged", "Stored topologies refused for a seal that does not verify."
+    )
+    voter_mismatches: int = _control(
+        "voter_mismatches", "Times the stored voter set differed from the configured one."
+    )
     messages_sent: int = _control("messages_sent", "Control messages published.")
     messages_duplicate: int = _control("messages_duplicate", "Copies of one message ignored.")
     rereads: int = _control("rereads", "Topology rereads from the nodes.")
@@ -271,6 +280,9 @@ class ElectionCounters:
     )
     seeded: int = _election("seeded", "Nodes seeded with an epoch floor.")
     new_terms: int = _election("new_terms", "Newer terms seen.")
+    campaigns_refused: int = _election(
+        "campaigns_refused", "Campaigns not started: the configured voters differ from the stored."
+    )
     bad_replies: int = _election("bad_replies", "Election replies from a node that did not fit.")
     epochs_refused: int = _election(
         "epochs_refused", "Epochs out of range refused (from a node or a message)."
@@ -469,6 +481,8 @@ class Status:
     signing: Mapping[str, Any] = attrs.field(factory=dict)
     election: Mapping[str, Any] = attrs.field(factory=dict)
     warnings: tuple[str, ...] = ()
+    errors: tuple[str, ...] = ()
+    """Why this manager does not take part (e.g. its configured voters differ)."""
     events_published: int = counter("cachering_events_published", "Cluster events published.")
 
     def as_dict(self) -> dict[str, Any]:
@@ -491,6 +505,7 @@ class Status:
             "messages_dropped": dict(self.messages.dropped),
             "secret_configured": self.secret_configured,
             "warnings": list(self.warnings),
+            "errors": list(self.errors),
             "election": dict(self.election),
             "events_published": self.events_published,
         }

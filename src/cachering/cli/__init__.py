@@ -1,4 +1,4 @@
-"""The ``cachering`` command line: ``demo``, ``status``, ``local up`` and ``bench``.
+"""The ``cachering`` command line: ``demo``, ``status``, ``local up``, ``bench`` and ``recover``.
 
 Exit codes: 0 success, 1 failure (an unreachable node, a broken invariant, an error),
 2 usage error. Errors are one line on stderr, ``cachering: error: ...``, never a
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from ..errors import CacheringError
-from . import bench, demo, local_up, status
+from . import bench, demo, local_up, recover, status
 from .output import UsageError, error
 
 __all__ = ["UsageError", "build_parser", "main"]
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="log to stderr at this level (default: WARNING; ERROR for demo, which shows events)",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for module in (demo, status, local_up, bench):
+    for module in (demo, status, local_up, bench, recover):
         module.configure(commands)
     return parser
 
@@ -82,7 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.command is None:
-        error("a command is required: demo, status, local or bench (see 'cachering --help')")
+        error(
+            "a command is required: demo, status, local, bench or recover (see 'cachering --help')"
+        )
         return 2
     try:
         return int(args.run(args))

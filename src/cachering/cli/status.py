@@ -19,6 +19,7 @@ import anyio
 
 from ..config import ClusterConfig
 from ..control.scripts import control_keys
+from ..control.seals import UNSIGNED_WARNING
 from ..control.topology import Topology
 from ..errors import CacheringError
 from ..node import NodeSpec
@@ -301,6 +302,8 @@ async def collect(config: ClusterConfig) -> dict[str, Any]:
         else {"epoch": newest.epoch, "version": newest.version, "leader": newest.leader},
         "nodes": nodes,
         "control_messages": None,
+        "secret_configured": bool(config.secret),
+        "warnings": [] if config.secret else [UNSIGNED_WARNING],
     }
 
 
@@ -344,6 +347,8 @@ def render(report: dict[str, Any], style: Style) -> list[str]:
         else:
             line += " (not verified: give --config with the cluster secret)"
         lines.append(line)
+    for warning in report.get("warnings", ()):
+        lines.append(style.paint(f"warning: {warning}", "yellow"))
     for n in report["nodes"]:
         if n["error"]:
             lines.append(style.paint(f"{n['id']}: {n['error']}", "red"))

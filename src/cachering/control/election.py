@@ -145,6 +145,7 @@ class Election:
         on_stepped_down: Callable[[int], None] | None = None,
         rng: random.Random | None = None,
         others: Callable[[], Iterable[str]] = tuple,
+        identity: tuple[str, str] = ("", ""),
     ) -> None:
         if not voters:
             raise ValueError("an election needs at least one voter")
@@ -168,6 +169,11 @@ class Election:
         self._on_stepped_down = on_stepped_down
         self._rng = rng or random.Random()
         self._others = others
+        self.identity = identity
+        """The configured voter set (:func:`voters_id`) and its seal, stored when seeding."""
+        self.refusal: str | None = None
+        """Why this manager may not campaign or seed (None: it may); see :meth:`refuse`."""
+        self._failed = 0  # campaigns in a row that did not win
         self.epoch = 0
         """Highest epoch this manager has seen (voted, observed or led)."""
         self.leader: str | None = None
@@ -234,6 +240,7 @@ class Election:
                 return  # impossible with a majority vote; ignore rather than flap
             self._step_down(f"{leader} leads epoch {epoch}")
         changed = leader != self.leader or epoch != self.epoch
+        self._failed = 0
         self.epoch = epoch
         self.leader = leader
         self._leader_epoch = epoch
@@ -270,6 +277,13 @@ class Election:
         self._seed_wanted = True
         self._wake.set()
 
+    def refuse(self, reason: str | None) -> None:
+        """Stop campaigning and seeding for ``reason`` (None: allowed again); a leader
+        steps down."""
+        self.refusal = reason
+        if reason is not None and self.is_leader:
+            self._step_down(reason)
+
     def step_down(self, reason: str = "asked to") -> None:
         """Give leadership up now (a topology write was refused, or shutting down)."""
         if self.is_leader:
@@ -287,6 +301,10 @@ class Election:
         task_status.started()
         while True:
             start = anyio.current_time()
+            if self.refusal is not None:
+                self.stats.campaigns_refused += 1
+                await anyio.sleep(max(self.interval, self.election_timeout / 2))
+                continue
             if self._seed_wanted and start >= self._seed_retry_at:
                 await self.seed_pass()
             if self.is_leader:
@@ -359,9 +377,10 @@ class Election:
             self.observe_epoch(higher)
         won = granted >= self.majority and self.epoch == epoch and not self._heard_since(epoch)
         if not won:
-            backoff = self._rng.uniform(self.interval, max(self.interval, self.election_timeout))
-            self._next_try = anyio.current_time() + backoff
+            self._failed += 1
+            self._next_try = anyio.current_time() + self._backoff()
             return
+        self._failed = 0
         self.stats.won += 1
         self.is_leader = True
         self.leader = self.manager_id
@@ -373,6 +392,13 @@ class Election:
             await self._on_elected(epoch)
         if self.is_leader and self._announce is not None:
             await self._announce(epoch)
+
+    def _backoff(self) -> float:
+        """Wait after a lost campaign: random, between one interval and an upper bound
+        that doubles with each loss in a row, from one election timeout up to eight, so
+        campaigns that cannot win (no majority answers) neither burn epochs nor load."""
+        upper = self.election_timeout * 2 ** min(self._failed - 1, 3)
+        return self._rng.uniform(self.interval, max(self.interval, upper))
 
     def _heard_since(self, epoch: int) -> bool:
         # A leader heartbeat of this very epoch from someone else means we lost the race.
@@ -508,7 +534,14 @@ class Election:
                 raw = await pool.run_script(
                     _SEED,
                     [self._keys.election, self._keys.topology],
-                    seed_args(plan.floor, state.born, self.min_age_ms, bootstrap=plan.bootstrap),
+                    seed_args(
+                        plan.floor,
+                        state.born,
+                        self.min_age_ms,
+                        bootstrap=plan.bootstrap,
+                        voters=self.identity[0],
+                        voters_seal=self.identity[1],
+                    ),
                     timeout=self.round_timeout,
                 )
             reply = parse_seed(raw)
@@ -542,4 +575,5 @@ class Election:
             "is_leader": self.is_leader,
             "voters": list(self.voters),
             "majority": self.majority,
+            "refused": self.refusal,
         }

@@ -69,14 +69,16 @@ from ..metrics import ControlCounters, NodeStatus, Status, TopologyStamp
 from ..node import NodeSpec
 from ..repair.sweep import SweepResult
 from ..resp.connection import ReplyLimits
-from ..resp.pool import Pool
 from ..resp.pubsub import PubSub
 from .election import Election, fan_out, read_states
 from .guard import ReadGuard
 from .health import HealthMonitor
-from .leader import LeaderDuties
-from .scripts import control_keys
+from .leader import LeaderDuties, TopologyCommitter
+from .pools import NodePools
+from .scripts import NodeControlState, control_keys
+from .seals import UNSIGNED_WARNING
 from .topology import Topology
+from .trust import StateGuard
 
 __all__ = ["ControlPlane", "NotLeader"]  # NotLeader lives in errors; re-exported here
 
@@ -121,8 +123,11 @@ class ControlPlane:
         interval = config.heartbeat_interval
         self.round_timeout = min(config.timeout, interval)
         self.topology: Topology = Topology.initial(config.nodes)
-        self._specs: dict[str, NodeSpec] = {n.id: n for n in config.nodes}
-        self._pools: dict[str, Pool] = {}
+        self.nodes = NodePools(config, self.voters, lambda: self.topology, self.round_timeout)
+        self._specs = self.nodes.specs
+        self._pools = self.nodes.opened
+        self._pool = self.nodes.pool
+        self._watched_pools = self.nodes.watched
         self.health = HealthMonitor(
             self._watched_pools,
             interval=interval,
@@ -154,24 +159,46 @@ class ControlPlane:
         self._wire_seen: OrderedDict[bytes, set[str]] = OrderedDict()
         self._reread = anyio.Event()
         self._reported: dict[str, float] = {}
+        self.counters = ControlCounters()
+        """What the control plane counts (declared in :mod:`cachering.metrics`)."""
+        self.guard = StateGuard(self.codec.keyring, config.namespace, self.voters, self.counters)
+        self.election.identity = self.guard.identity
         self.reads = ReadGuard(
             config,
             voters=self.voters,
             majority=self.majority,
             round_timeout=self.round_timeout,
             topology=lambda: self.topology,
-            pool=self._pool,
-            pools=lambda: self._pools,
+            pool=self.nodes.pool,
+            pools=lambda: self.nodes.opened,
             health=self.health,
             send=self._send,
             epoch=lambda: self.epoch,
             notify=self._notify,
         )
         """Which nodes must serve no reads on this manager (:mod:`cachering.control.guard`)."""
-        self.counters = ControlCounters()
-        """What the control plane counts (declared in :mod:`cachering.metrics`)."""
         # the leader's work: topology commits, repair, anti-entropy, membership
-        self._duties = LeaderDuties(self)
+        self._duties = LeaderDuties(
+            config,
+            self.id,
+            keys=self.keys,
+            election=self.election,
+            health=self.health,
+            bus=self.bus,
+            counters=self.counters,
+            round_timeout=self.round_timeout,
+            nodes=self.nodes.provider(),
+            topology=TopologyCommitter(
+                current=lambda: self.topology,
+                adopt=self._adopt,
+                read=self._read_trusted,
+                sign=self.guard.sign,
+                untrusted=self.guard.untrusted,
+            ),
+            send=self._send,
+            tasks=lambda: self._tg,
+            lagging=lambda: self.lagging,
+        )
         self.ready = anyio.Event()
         """Set once the first topology read finished."""
 
@@ -197,34 +224,8 @@ class ControlPlane:
         return self.health.suspects()
 
     def spec(self, node_id: str) -> NodeSpec:
-        """The connection spec of a node: configured, added here, or learned from the
-        topology (credentials as :meth:`ClusterConfig.learned_node
-        <cachering.config.ClusterConfig.learned_node>` says)."""
-        spec = self._specs.get(node_id)
-        if spec is None:
-            tnode = self.topology.node(node_id)
-            spec = self.config.learned_node(tnode.id, tnode.host, tnode.port, tnode.weight)
-            self._specs[node_id] = spec
-        return spec
-
-    def _pool(self, node_id: str) -> Pool:
-        pool = self._pools.get(node_id)
-        if pool is None:
-            c = self.config
-            pool = self._pools[node_id] = Pool(
-                self.spec(node_id),
-                max_size=4,
-                connect_timeout=min(c.connect_timeout, max(self.round_timeout, 0.05)),
-                timeout=self.round_timeout,
-                backoff_base=0.0,
-                backoff_max=0.0,
-                limits=ReplyLimits.for_values(c.max_value_size),
-            )
-        return pool
-
-    def _watched_pools(self) -> dict[str, Pool]:
-        ids = dict.fromkeys([*self.voters, *self.topology.ids])
-        return {n: self._pool(n) for n in ids}
+        """The connection spec of a node (configured, added, or learned from the topology)."""
+        return self.nodes.spec(node_id)
 
     # ------------------------------------------------------------------ service
 
@@ -437,13 +438,29 @@ class ControlPlane:
         self._reread.set()
         self.reads.note_restarted(node)
 
+    def _check_voters(self, states: dict[str, NodeControlState | None]) -> None:
+        """Refuse to campaign while the cluster's stored voter set is not the configured one."""
+        reason = self.guard.voter_mismatch(states)
+        if reason != self.election.refusal:
+            if reason is not None:
+                self.counters.voter_mismatches += 1
+                logger.error("cachering: %s", reason)
+            self.election.refuse(reason)
+
+    async def _read_trusted(self) -> dict[str, NodeControlState | None]:
+        """Every node's control state; stored topologies that fail their seal screened out."""
+        pools = self.nodes.watched()
+        return self.guard.screen(
+            await read_states(
+                pools, pools, self.keys, self.round_timeout, self.election.note_bad_reply
+            )
+        )
+
     async def _refresh(self, source: str) -> None:
         """Read every node; adopt the newest valid topology; a leader repairs stale copies."""
         self.counters.rereads += 1
-        pools = self._watched_pools()
-        states = await read_states(
-            pools, pools, self.keys, self.round_timeout, self.election.note_bad_reply
-        )
+        states = await self._read_trusted()
+        self._check_voters(states)
         newest: Topology | None = None
         for s in states.values():
             if s is None:
@@ -457,6 +474,11 @@ class ControlPlane:
                 self.election.request_seed()
         if newest is not None:
             self._adopt(newest, source)
+            # A node of an established cluster without election state lost it with its
+            # data (restart, flush): rebuild it before it serves again, as after a restart.
+            for node, st in states.items():
+                if st is not None and not st.ready and node in self.topology:
+                    self._duties.empty.add(node)
         if source == "start":
             self.election.observe_votes(states)
         if self._duties.in_charge():
@@ -593,6 +615,7 @@ class ControlPlane:
             messages=attrs.evolve(codec.drops, dropped=codec.drops.snapshot()),
             signing={k: v for k, v in codec.status().items() if k not in ("accepted", "dropped")},
             election=self.election.status(),
-            warnings=() if codec.signed else ("no secret: control messages are unsigned",),
+            warnings=() if codec.signed else (UNSIGNED_WARNING,),
+            errors=(self.election.refusal,) if self.election.refusal else (),
             events_published=self.bus.published,
         )

@@ -9,10 +9,11 @@ cluster namespace (see :func:`control_keys`):
     ``ready``: ``1`` once the node knows an epoch floor; ``born``: the node's clock (µs)
     when it was first seen without state (also a token naming this incarnation of the
     state); ``boot``: present while the node was seeded by the bootstrap of a fresh
-    cluster and has not voted since.
+    cluster and has not voted since; ``voters`` and ``vseal``: the cluster's voter set
+    (:func:`voters_id`) and its seal, stored when the node is seeded.
 ``{ns}:ctl:topology`` (hash)
     ``epoch``, ``version`` and ``payload`` (:meth:`Topology.to_bytes`) of the newest
-    topology this node accepted.
+    topology this node accepted, and ``seal``, the leader's MAC of the payload.
 
 The election state is one hash so that losing it (restart without persistence, FLUSHALL,
 or eviction under an ``allkeys-*`` policy) loses all of it at once: the node then stops
@@ -33,12 +34,14 @@ only after seeing that age; a candidate must ignore vote replies that arrive lat
 ``min_age_ms`` after it started its round (only clock *rates* need to agree).
 A fresh cluster (every configured node answers, none has a topology, and each is either
 fresh or bootstrapped and has not voted since) is seeded with the caller's highest known
-epoch. If a majority of nodes lost their state at once, no rule can recover their votes;
-such a cluster waits for an operator.
+epoch or the node's clock in milliseconds, whichever is higher, so that no epoch of an
+earlier incarnation of the cluster is used again. If a majority of nodes lost their state
+at once, no rule can recover their votes; such a cluster waits for an operator.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Final, Literal
 
@@ -70,6 +73,7 @@ __all__ = [
     "seed_args",
     "topology_cas_args",
     "vote_args",
+    "voters_id",
 ]
 
 
@@ -140,7 +144,7 @@ SEED_FLOOR_LUA: Final = (
     + r"""
 -- KEYS[1] election hash, KEYS[2] topology hash
 -- ARGV[1] floor epoch, ARGV[2] born token seen by the caller, ARGV[3] min age ms,
--- ARGV[4] '1' when seeding a fresh cluster
+-- ARGV[4] '1' when seeding a fresh cluster, ARGV[5] the seeder's voter set, ARGV[6] its seal
 local f = stamp(ARGV[1])
 local min_age = stamp(ARGV[3])
 if not f or not min_age then
@@ -168,15 +172,25 @@ if st[1] == '1' and cur then
   return {'READY', st[2], st[3] or '', born}
 end
 if cur and cur > f then f = cur; floor_s = st[2] end
+if ARGV[4] == '1' then
+  -- a fresh cluster starts above every epoch an earlier incarnation can have reached
+  local now_ms = math.floor(now_us() / 1000)
+  if now_ms > f then f = now_ms; floor_s = string.format('%d', now_ms) end
+end
 redis.call('HSET', KEYS[1], 'epoch', floor_s, 'voted_for', '', 'ready', '1')
 if ARGV[4] == '1' then redis.call('HSET', KEYS[1], 'boot', '1') end
+if ARGV[5] and ARGV[5] ~= '' and redis.call('HEXISTS', KEYS[1], 'voters') == 0 then
+  redis.call('HSET', KEYS[1], 'voters', ARGV[5], 'vseal', ARGV[6] or '')
+end
 return {'SEEDED', floor_s, '', born}
 """
 )
 """Give an unready node its epoch floor (never lowering one it has) and make it ready.
 
 KEYS: election hash, topology hash. ARGV: floor, born token (from :data:`READ_LUA`),
-min age in ms, ``"1"`` for a fresh-cluster bootstrap else ``"0"``. Reply: ``[status,
+min age in ms, ``"1"`` for a fresh-cluster bootstrap else ``"0"``. A bootstrap floor is
+at least the node's ``TIME`` in milliseconds (see ``docs/design.md``, "Epochs are never
+reused"). Reply: ``[status,
 epoch, voted_for, born or ms left]`` with status ``SEEDED``, ``RAISED`` or ``READY``
 (already ready, floor unchanged), ``CHANGED`` (the state was lost again since the caller
 read it: read again) or ``TOOYOUNG`` (wait the given ms).
@@ -185,57 +199,86 @@ read it: read again) or ``TOOYOUNG`` (wait the given ms).
 TOPOLOGY_CAS_LUA: Final = (
     _LUA_COMMON
     + r"""
--- KEYS[1] topology hash, KEYS[2] election hash; ARGV[1] epoch, ARGV[2] version, ARGV[3] payload
+-- KEYS[1] topology hash, KEYS[2] election hash
+-- ARGV[1] epoch, ARGV[2] version, ARGV[3] payload, ARGV[4] writer (the leader of the epoch),
+-- ARGV[5] seal (MAC of the payload, '' unsigned), ARGV[6] a stored payload the writer
+-- found unauthenticated: if it is what is stored, it is replaced whatever its stamp
 local e, v = stamp(ARGV[1]), stamp(ARGV[2])
-if not e or not v or type(ARGV[3]) ~= 'string' or ARGV[3] == '' then
-  return redis.error_reply('ERR cachering topology: bad epoch, version or payload')
+local writer = ARGV[4]
+local seal = ARGV[5] or ''
+local untrusted = ARGV[6] or ''
+if not e or not v or type(ARGV[3]) ~= 'string' or ARGV[3] == ''
+    or type(writer) ~= 'string' or writer == '' then
+  return redis.error_reply('ERR cachering topology: bad epoch, version, payload or writer')
 end
-local st = redis.call('HMGET', KEYS[2], 'ready', 'epoch', 'born')
+local st = redis.call('HMGET', KEYS[2], 'ready', 'epoch', 'born', 'voted_for')
 local t = redis.call('HMGET', KEYS[1], 'epoch', 'version', 'payload')
 local te_s, tv_s = t[1] or '', t[2] or ''
 if st[1] ~= '1' or not st[2] then
   touch(KEYS[2], st[3])
   return {'NOTREADY', te_s, tv_s, st[2] or ''}
 end
-if e < tonumber(st[2]) then
+local cur = tonumber(st[2])
+if e < cur then
   return {'STALE_EPOCH', te_s, tv_s, st[2]}
 end
+-- only the manager this node voted for in e writes in e (a node seeded with e as its
+-- floor voted for nobody in it and cannot tell; epochs are never reused, so e has one winner)
+local voted = st[4] or ''
+if e == cur and voted ~= '' and voted ~= writer then
+  return {'NOTVOTED', te_s, tv_s, st[2]}
+end
 local te, tv = stamp(t[1]), stamp(t[2])
-if te and tv then
+if te and tv and not (untrusted ~= '' and t[3] == untrusted) then
   if e < te or (e == te and v < tv) then return {'OLDER', te_s, tv_s, st[2]} end
   if e == te and v == tv then
     if t[3] == ARGV[3] then return {'HELD', te_s, tv_s, st[2]} end
     return {'CONFLICT', te_s, tv_s, st[2]}
   end
 end
-redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'version', ARGV[2], 'payload', ARGV[3])
-return {'ACCEPTED', ARGV[1], ARGV[2], st[2]}
+if e > cur then
+  -- no vote cast in e yet: the write is the writer's vote request, granted as VOTE would
+  redis.call('HSET', KEYS[2], 'epoch', ARGV[1], 'voted_for', writer)
+  redis.call('HDEL', KEYS[2], 'boot')
+end
+redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'version', ARGV[2], 'payload', ARGV[3],
+           'seal', seal)
+return {'ACCEPTED', ARGV[1], ARGV[2], ARGV[1]}
 """
 )
-"""Store a topology unless it is not newer than the stored one or older than the node's epoch.
+"""Store a topology written by the leader of its epoch, if it is newer than the stored one.
 
-KEYS: topology hash, election hash. ARGV: epoch, version, payload. Reply: ``[status,
-stored epoch, stored version, node epoch]`` with status ``ACCEPTED``, ``HELD`` (this very
-topology is already stored: counts as holding it), ``OLDER``, ``CONFLICT`` (same stamp,
-other payload), ``STALE_EPOCH`` (epoch below the node's) or ``NOTREADY``.
+KEYS: topology hash, election hash. ARGV: epoch, version, payload, writer id, and
+optionally the payload's seal (:mod:`cachering.control.seals`) and a stored payload the
+writer could not authenticate (replaced if it is still the one stored). A node
+takes a topology of epoch e only from the manager it voted for in e; when it has voted
+in no epoch up to e yet, the write counts as that manager's vote request and is granted
+(one vote per epoch still holds). Reply: ``[status, stored epoch, stored version, node
+epoch]`` with status ``ACCEPTED``, ``HELD`` (this very topology is already stored: counts
+as holding it), ``OLDER``, ``CONFLICT`` (same stamp, other payload), ``STALE_EPOCH``
+(epoch below the node's), ``NOTVOTED`` (the node voted for another manager in this
+epoch) or ``NOTREADY``. A node seeded with the epoch as its floor voted for nobody in it
+and accepts the write: epochs are never reused, so only the epoch's winner can write.
 """
 
 READ_LUA: Final = (
     _LUA_COMMON
     + r"""
 -- KEYS[1] election hash, KEYS[2] topology hash
-local st = redis.call('HMGET', KEYS[1], 'ready', 'epoch', 'voted_for', 'born', 'boot')
+local st = redis.call('HMGET', KEYS[1], 'ready', 'epoch', 'voted_for', 'born', 'boot',
+                     'voters', 'vseal')
 local born = touch(KEYS[1], st[4])
-local t = redis.call('HMGET', KEYS[2], 'epoch', 'version', 'payload')
+local t = redis.call('HMGET', KEYS[2], 'epoch', 'version', 'payload', 'seal')
 return {st[1] == '1' and '1' or '0', st[2] or '', st[3] or '', born,
         string.format('%d', age_ms(born)), st[5] and '1' or '0',
-        t[1] or '', t[2] or '', t[3] or ''}
+        t[1] or '', t[2] or '', t[3] or '', t[4] or '', st[6] or '', st[7] or ''}
 """
 )
 """Everything a manager needs from one node in one call (starts the ``born`` clock).
 
 KEYS: election hash, topology hash. Reply: ``[ready, epoch, voted_for, born, age_ms,
-boot, topology epoch, topology version, payload]``; see :func:`parse_read`.
+boot, topology epoch, topology version, payload, seal, voters, voters seal]``; see
+:func:`parse_read`.
 """
 
 
@@ -275,20 +318,50 @@ def vote_args(epoch: int, candidate: str) -> list[str]:
     return [str(epoch), candidate]
 
 
-def seed_args(floor: int, born: str, min_age_ms: int, *, bootstrap: bool = False) -> list[str]:
-    """ARGV for :data:`SEED_FLOOR_LUA` (KEYS: ``[keys.election, keys.topology]``)."""
+def seed_args(
+    floor: int,
+    born: str,
+    min_age_ms: int,
+    *,
+    bootstrap: bool = False,
+    voters: str = "",
+    voters_seal: str = "",
+) -> list[str]:
+    """ARGV for :data:`SEED_FLOOR_LUA` (KEYS: ``[keys.election, keys.topology]``).
+
+    ``voters`` (the cluster's voter set, see :func:`voters_id`) and its seal are stored on
+    a node seeded without one: the voter set is part of the cluster's identity.
+    """
     _check_stamp("floor", floor)
     _check_stamp("min_age_ms", min_age_ms)
     if not isinstance(born, str) or not born:
         raise ValueError(f"born must be the token read from the node, got {born!r}")
-    return [str(floor), born, str(min_age_ms), "1" if bootstrap else "0"]
+    if not isinstance(voters, str) or not isinstance(voters_seal, str):
+        raise TypeError("voters and voters_seal must be str")
+    return [str(floor), born, str(min_age_ms), "1" if bootstrap else "0", voters, voters_seal]
 
 
-def topology_cas_args(topology: Topology) -> list[str | bytes]:
-    """ARGV for :data:`TOPOLOGY_CAS_LUA` (KEYS: ``[keys.topology, keys.election]``)."""
+def voters_id(voters: Sequence[str]) -> str:
+    """The canonical form of a voter set as stored on the nodes (a sorted JSON list)."""
+    return json.dumps(sorted(voters), ensure_ascii=True, separators=(",", ":"))
+
+
+def topology_cas_args(
+    topology: Topology, writer: str | None = None, *, seal: str = "", replace: bytes = b""
+) -> list[str | bytes]:
+    """ARGV for :data:`TOPOLOGY_CAS_LUA` (KEYS: ``[keys.topology, keys.election]``).
+
+    ``writer`` is the manager writing (default: the topology's ``leader``); ``seal`` the
+    payload's MAC; ``replace`` a stored payload that failed authentication.
+    """
     if not isinstance(topology, Topology):
         raise TypeError(f"expected a Topology, got {type(topology).__name__}")
-    return [str(topology.epoch), str(topology.version), topology.to_bytes()]
+    writer = topology.leader if writer is None else writer
+    if not isinstance(writer, str) or not writer:
+        raise ValueError(f"writer must be a non-empty str, got {writer!r}")
+    if not isinstance(seal, str) or not isinstance(replace, (bytes, bytearray)):
+        raise TypeError("seal must be a str and replace bytes")
+    return [str(topology.epoch), str(topology.version), topology.to_bytes(), writer, seal, replace]
 
 
 def _fields(reply: object, count: int, what: str) -> list[str]:
@@ -331,7 +404,7 @@ def _status(value: str, allowed: Sequence[str], what: str) -> str:
 
 VoteStatus = Literal["GRANTED", "REFUSED", "NOTREADY"]
 SeedStatus = Literal["SEEDED", "RAISED", "READY", "CHANGED", "TOOYOUNG"]
-CasStatus = Literal["ACCEPTED", "HELD", "OLDER", "CONFLICT", "STALE_EPOCH", "NOTREADY"]
+CasStatus = Literal["ACCEPTED", "HELD", "OLDER", "CONFLICT", "STALE_EPOCH", "NOTVOTED", "NOTREADY"]
 
 
 @attrs.frozen
@@ -383,7 +456,8 @@ class NodeControlState:
     """What :data:`READ_LUA` returned from one node.
 
     ``topology`` is None when the node holds none, or when its payload is invalid or does
-    not match the stored stamp (then ``topology_error`` says why).
+    not match the stored stamp (then ``topology_error`` says why). ``topology_payload``
+    and ``topology_seal`` are the stored bytes and their seal, as read.
     """
 
     ready: bool
@@ -396,6 +470,10 @@ class NodeControlState:
     topology_version: int | None
     topology: Topology | None
     topology_error: str | None = None
+    topology_payload: bytes = b""
+    topology_seal: str = ""
+    voters: str = ""
+    voters_seal: str = ""
 
     @property
     def fresh(self) -> bool:
@@ -422,7 +500,7 @@ def parse_seed(reply: object) -> SeedReply:
 def parse_cas(reply: object) -> CasReply:
     """Decode a :data:`TOPOLOGY_CAS_LUA` reply."""
     status, te, tv, ne = _fields(reply, 4, "topology")
-    allowed = ("ACCEPTED", "HELD", "OLDER", "CONFLICT", "STALE_EPOCH", "NOTREADY")
+    allowed = ("ACCEPTED", "HELD", "OLDER", "CONFLICT", "STALE_EPOCH", "NOTVOTED", "NOTREADY")
     return CasReply(
         _status(status, allowed, "topology"),  # type: ignore[arg-type]
         _opt_epoch(te, "topology"),
@@ -433,12 +511,12 @@ def parse_cas(reply: object) -> CasReply:
 
 def parse_read(reply: object) -> NodeControlState:
     """Decode a :data:`READ_LUA` reply; an invalid stored topology is reported, not raised."""
-    if isinstance(reply, (list, tuple)) and len(reply) == 9:
+    if isinstance(reply, (list, tuple)) and len(reply) == 12:
         payload_raw = reply[8]
-        head = _fields([*reply[:8], ""], 9, "read")
+        head = _fields([*reply[:8], "", *reply[9:]], 12, "read")
     else:
-        raise BadControlReply(f"read reply must be an array of 9, got {reply!r:.200}")
-    ready, epoch, voted, born, age, boot, te_s, tv_s, _ = head
+        raise BadControlReply(f"read reply must be an array of 12, got {reply!r:.200}")
+    ready, epoch, voted, born, age, boot, te_s, tv_s, _, seal, voters, vseal = head
     te, tv = _opt_epoch(te_s, "read"), _opt_int(tv_s, "read")
     topology: Topology | None = None
     error: str | None = None
@@ -466,6 +544,10 @@ def parse_read(reply: object) -> NodeControlState:
         topology_version=tv,
         topology=topology,
         topology_error=error,
+        topology_payload=bytes(payload_raw),
+        topology_seal=seal,
+        voters=voters,
+        voters_seal=vseal,
     )
 
 
