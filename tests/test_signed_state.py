@@ -6,6 +6,7 @@ from __future__ import annotations
 import secrets
 
 import anyio
+import attrs
 import pytest
 import redis
 
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.anyio
 
 def _control(c: Cluster) -> dict[str, int]:
     assert c.control is not None
-    return c.control.counters
+    return dict(attrs.asdict(c.control.counters))
 
 
 async def _rereads(f: Fleet, rounds: int) -> None:
@@ -88,7 +89,7 @@ async def test_without_a_secret_status_says_what_an_attacker_can_do(
 ) -> None:
     async with fleet(local, "nosecret", secret=None) as f:
         c = await f.start("m0")
-        status = c.status()
+        status = c.status().as_dict()
         assert status["secret_configured"] is False
         assert UNSIGNED_WARNING in status["warnings"]
         assert "adopt a topology" in UNSIGNED_WARNING

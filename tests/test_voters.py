@@ -54,8 +54,8 @@ async def test_a_manager_with_other_voters_refuses_to_campaign() -> None:
             a, a_scope = await start(tg, three, ns, "a")
             await until(lambda: a.is_leader and a.topology.leader == "a")
             b, _ = await start(tg, four, ns, "b")
-            await until(lambda: bool(b.status()["errors"]))
-            (error,) = b.status()["errors"]
+            await until(lambda: bool(b.status().as_dict()["errors"]))
+            (error,) = b.status().as_dict()["errors"]
             assert "voters" in error
             assert '"n3"' in error
             a_scope.cancel()  # the leader leaves (with a goodbye)
@@ -67,11 +67,12 @@ async def test_a_manager_with_other_voters_refuses_to_campaign() -> None:
                     led = b.is_leader
                     await anyio.sleep(0.02)
             assert not led, "a manager with other voters took over the cluster"
-            status = b.status()
+            status = b.status().as_dict()
             assert status["errors"] == [error]
             assert status["election"]["refused"] == error
-            assert status["counters"]["voter_mismatches"] == 1
-            assert status["election"]["campaigns"] == 0
+            assert b.control is not None
+            assert b.control.counters.voter_mismatches == 1
+            assert b.control.election.stats.campaigns == 0
             tg.cancel_scope.cancel()
 
 
