@@ -166,9 +166,16 @@ def test_blocks_that_use_a_cluster(block: Block) -> None:
                 exec(compile(block.code, block.where, "exec"), namespace)
                 exporter = namespace.get("exporter")
                 if exporter is not None:
-                    try:
-                        with urllib.request.urlopen(exporter.url, timeout=5) as reply:
-                            assert b"cachering_operations_total" in reply.read()
+
+                    def scrape() -> bytes:
+                        with urllib.request.urlopen(exporter.url, timeout=10) as reply:
+                            body: bytes = reply.read()
+                            return body
+
+                    try:  # from a thread: the exporter asks this loop for its snapshot
+                        assert b"cachering_operations_total" in await anyio.to_thread.run_sync(
+                            scrape
+                        )
                     finally:
                         exporter.close()
 
