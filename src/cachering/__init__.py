@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._version import __version__
 from .cluster import Cluster
 from .config import ClusterConfig
 from .control.plane import ControlPlane
@@ -38,8 +39,6 @@ from .messages import MessageRejected
 from .node import NodeSpec
 from .resp import Message, Pool, PubSub, Script
 from .ring import Ring, murmur3_32
-
-__version__ = "0.1.0"
 
 __all__ = [
     "BadControlReply",

@@ -80,7 +80,7 @@ def _tracer() -> Any:
     provider = _override if _override is not None else _trace.get_tracer_provider()
     if isinstance(provider, (_trace.ProxyTracerProvider, _trace.NoOpTracerProvider)):
         return None  # no provider set: nothing would record the spans
-    from . import __version__
+    from ._version import __version__
 
     _tracer_now = provider.get_tracer("cachering", __version__)
     return _tracer_now
