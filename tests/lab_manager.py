@@ -183,7 +183,7 @@ class Manager:
             "states": {n.id: n.state for n in c.topology.nodes},
             "lagging": sorted(control.lagging) if control is not None else [],
             "unreadable": sorted(c.router.unreadable),
-            "sweeps": control.counters["anti_entropy_sweeps"] if control is not None else 0,
+            "sweeps": control.counters.anti_entropy_sweeps if control is not None else 0,
         }
 
     async def command(self, msg: dict[str, Any]) -> bool:
@@ -201,7 +201,7 @@ class Manager:
         elif cmd == "homes":
             reply = {"homes": {k: list(self.cluster.preference_list(k)) for k in msg["keys"]}}
         elif cmd == "flush":
-            await self.cluster.flush()
+            await self.cluster.wait_replicated()
         elif cmd == "read":
             seqs: dict[str, int | str] = {}
             for key in msg["keys"]:

@@ -31,6 +31,7 @@ SAMPLE_ARGS: dict[str, list[str]] = {
     "SCAN": ["0", "MATCH", "cachering:k:*", "COUNT", "100"],
     "HGET": ["cachering:state", "epoch"],
     "HMGET": ["cachering:state", "epoch", "ready"],
+    "HEXISTS": ["cachering:state", "epoch"],
     "HSET": ["cachering:state", "epoch", "1"],
     "HDEL": ["cachering:state", "epoch"],
     "SADD": ["cachering:hint:n1", "a"],

@@ -205,7 +205,7 @@ def test_encode_checks_namespace_and_size() -> None:
 
 def test_message_rejected_is_a_cachering_error() -> None:
     assert issubclass(MessageRejected, CacheringError)
-    assert {"topology", "leader", "suspect", "invalidate", "goodbye"} == KINDS
+    assert {"topology", "leader", "suspect", "invalidate", "goodbye", "lagging"} == KINDS
     counters = DropCounters()
     counters.record("forged", now=12.0)
     assert counters.snapshot()["forged"] == 1
