@@ -77,3 +77,27 @@ async def test_concurrent_writers_converge(
     for key, value in zip(keys, got, strict=True):
         raw = inspect.raw("n0", ns, key)
         assert value == values.user_bytes(raw)
+
+
+async def test_the_first_writes_of_a_new_manager_give_every_copy_one_expiry(
+    local: LocalCluster, inspect: Inspector
+) -> None:
+    """Writes started together before the manager read the servers' clock wait for that
+    one reading: none falls back to a relative ttl, which each copy would count from its
+    own receipt (copies a few milliseconds apart)."""
+    ns = f"c{next(_ns)}"
+    keys = [f"first{i}" for i in range(30)]
+    async with Cluster(config(local.nodes, ns, replicas=3)) as cluster:
+
+        async def write(key: str) -> None:
+            await cluster.set(key, b"v", ttl=300)
+
+        async with anyio.create_task_group() as tg:
+            for key in keys:
+                tg.start_soon(write, key)
+        await cluster.wait_replicated()
+    for key in keys:
+        copies = inspect.copies(ns, key)
+        assert len(copies) == 3, key
+        expiries = {inspect.expiretime(node, ns, key) for node in copies}
+        assert len(expiries) == 1, (key, expiries)

@@ -30,7 +30,7 @@ class ServerTime:
     """Unix milliseconds on the servers' clock: the last ``TIME`` reading plus the loop
     time elapsed since (the local wall clock until a first reading)."""
 
-    __slots__ = ("_at", "_due", "_refresh", "_server", "known")
+    __slots__ = ("_at", "_due", "_pending", "_refresh", "_server", "known")
 
     def __init__(self, *, refresh: float = 10.0) -> None:
         self.known = False
@@ -39,6 +39,7 @@ class ServerTime:
         self._at = 0.0
         self._refresh = refresh
         self._due = -math.inf
+        self._pending: anyio.Event | None = None  # a first reading in flight
 
     def now_ms(self) -> int:
         """The servers' clock now, as estimated."""
@@ -47,20 +48,31 @@ class ServerTime:
         return self._server + int((anyio.current_time() - self._at) * 1000)
 
     def stale(self) -> bool:
-        """Whether it is time to read the servers' clock again (loop time)."""
-        return anyio.current_time() >= self._due
+        """Whether it is time to read the servers' clock again (loop time), or a first
+        reading is still in flight (writers then wait for it, so that every copy of their
+        writes gets one absolute expiry)."""
+        return anyio.current_time() >= self._due or self._pending is not None
 
     async def measure(self, pool: Pool) -> None:
         """Read ``TIME`` on ``pool``'s node, taken as the server's clock at the end of the
         round trip: the estimate is never ahead of the server (at most a round trip
         behind), so no expiry comes late. A failure keeps the last reading and retries in
         a second; a reply that is not a plausible time is ignored the same way."""
+        if self._pending is not None:
+            await self._pending.wait()  # the first reading, taken by another writer
+            return
         self._due = anyio.current_time() + 1.0
+        first = None if self.known else anyio.Event()
+        self._pending = first
         try:
             reply = await pool.execute("TIME")
             server = int(reply[0]) * 1000 + int(reply[1]) // 1000
         except (NodeUnavailable, ResponseError, TypeError, ValueError, IndexError):
             return
+        finally:
+            if first is not None:
+                self._pending = None
+                first.set()
         if not _EARLIEST <= server <= _LATEST:
             return  # not a plausible clock: keep what we had
         self._at = anyio.current_time()
