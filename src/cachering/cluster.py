@@ -124,24 +124,9 @@ class Cluster:
 
     # ---------------------------------------------------------------- lifecycle
 
-    async def __aenter__(self) -> Cluster:
-        if self._state != "new":
-            raise RuntimeError("a Cluster can be entered only once")
-        self._state = "open"
+    def _build_invalidation(self) -> None:
+        """Build the invalidation publisher and the near cache with its subscriber."""
         c = self.config
-        for node in c.nodes:
-            self._pools[node.id] = self._data_pool(node)
-        self._sync = Synchronizer(
-            self._pools,
-            APPLY,
-            namespace=c.namespace,
-            batch_size=c.sync_batch_size,
-            flush_interval=c.sync_flush_interval,
-            queue_size=c.sync_queue_size,
-            hint_limit=c.hint_limit,
-            timeout=c.timeout,
-            on_failure=self._failed,
-        )
         channel = invalidation_channel(c.namespace)
         keyring = None
         if c.secret is not None:
@@ -177,6 +162,26 @@ class Cluster:
                     limits=ReplyLimits.for_values(c.max_message_size),
                 ),
             )
+
+    async def __aenter__(self) -> Cluster:
+        if self._state != "new":
+            raise RuntimeError("a Cluster can be entered only once")
+        self._state = "open"
+        c = self.config
+        for node in c.nodes:
+            self._pools[node.id] = self._data_pool(node)
+        self._sync = Synchronizer(
+            self._pools,
+            APPLY,
+            namespace=c.namespace,
+            batch_size=c.sync_batch_size,
+            flush_interval=c.sync_flush_interval,
+            queue_size=c.sync_queue_size,
+            hint_limit=c.hint_limit,
+            timeout=c.timeout,
+            on_failure=self._failed,
+        )
+        self._build_invalidation()
         if c.control_plane:
             self.control = ControlPlane(
                 c, manager_id=self.id, bus=self._bus, on_change=self._route_by_topology

@@ -49,7 +49,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import anyio
-import attrs
 from anyio.abc import TaskGroup, TaskStatus
 
 from ..config import ClusterConfig
@@ -64,8 +63,8 @@ from ..events import (
     NodeWeightChanged,
     TopologyChanged,
 )
-from ..messages import ControlMessage, Keyring, MessageCodec, MessageKind, MessageRejected
-from ..metrics import ControlCounters, NodeStatus, Status, TopologyStamp
+from ..messages import ControlMessage, MessageCodec, MessageKind, MessageRejected
+from ..metrics import ControlCounters, Status
 from ..node import NodeSpec
 from ..repair.sweep import SweepResult
 from ..resp.connection import ReplyLimits
@@ -76,20 +75,14 @@ from .health import HealthMonitor
 from .leader import LeaderDuties, TopologyCommitter
 from .pools import NodePools
 from .scripts import NodeControlState, control_keys
-from .seals import UNSIGNED_WARNING
+from .seals import keyring_of as keyring_of  # re-exported for the cli
+from .status import plane_status
 from .topology import Topology
 from .trust import StateGuard
 
 __all__ = ["ControlPlane", "NotLeader"]  # NotLeader lives in errors; re-exported here
 
 logger = logging.getLogger("cachering.control.plane")
-
-
-def keyring_of(config: ClusterConfig) -> Keyring | None:
-    """The keyring described by ``config.secret`` (first entry signs), or None."""
-    if not config.secret:
-        return None
-    return Keyring(dict(config.secret), active=config.secret[0][0])
 
 
 OnChange = Callable[[Topology, frozenset[str]], None]
@@ -128,31 +121,8 @@ class ControlPlane:
         self._pools = self.nodes.opened
         self._pool = self.nodes.pool
         self._watched_pools = self.nodes.watched
-        self.health = HealthMonitor(
-            self._watched_pools,
-            interval=interval,
-            threshold=config.failure_threshold,
-            timeout=self.round_timeout,
-            bus=self.bus,
-            on_suspect=self._health_changed,
-            on_healthy=self._health_changed,
-            on_restart=self._restarted,
-        )
-        self.election = Election(
-            self.id,
-            self.voters,
-            self._watched_pools,
-            self.keys,
-            interval=interval,
-            election_timeout=config.effective_election_timeout,
-            round_timeout=self.round_timeout,
-            failure_threshold=config.failure_threshold,
-            bus=self.bus,
-            announce=self._announce_leader,
-            on_elected=self._elected,
-            on_stepped_down=self._stepped_down,
-            others=lambda: self.topology.ids,
-        )
+        self.health = self._build_health(interval)
+        self.election = self._build_election(interval)
         self._seq = time.time_ns() // 1000
         self._tg: TaskGroup | None = None
         self._listeners: dict[str, anyio.CancelScope] = {}
@@ -177,9 +147,45 @@ class ControlPlane:
             notify=self._notify,
         )
         """Which nodes must serve no reads on this manager (:mod:`cachering.control.guard`)."""
-        # the leader's work: topology commits, repair, anti-entropy, membership
-        self._duties = LeaderDuties(
-            config,
+        self._duties = self._build_duties()
+        self.ready = anyio.Event()
+        """Set once the first topology read finished."""
+
+    def _build_health(self, interval: float) -> HealthMonitor:
+        """The heartbeat monitor of the watched nodes."""
+        return HealthMonitor(
+            self._watched_pools,
+            interval=interval,
+            threshold=self.config.failure_threshold,
+            timeout=self.round_timeout,
+            bus=self.bus,
+            on_suspect=self._health_changed,
+            on_healthy=self._health_changed,
+            on_restart=self._restarted,
+        )
+
+    def _build_election(self, interval: float) -> Election:
+        """This manager's part in the leader election."""
+        return Election(
+            self.id,
+            self.voters,
+            self._watched_pools,
+            self.keys,
+            interval=interval,
+            election_timeout=self.config.effective_election_timeout,
+            round_timeout=self.round_timeout,
+            failure_threshold=self.config.failure_threshold,
+            bus=self.bus,
+            announce=self._announce_leader,
+            on_elected=self._elected,
+            on_stepped_down=self._stepped_down,
+            others=lambda: self.topology.ids,
+        )
+
+    def _build_duties(self) -> LeaderDuties:
+        """The leader's work: topology commits, repair, anti-entropy, membership."""
+        return LeaderDuties(
+            self.config,
             self.id,
             keys=self.keys,
             election=self.election,
@@ -199,8 +205,6 @@ class ControlPlane:
             tasks=lambda: self._tg,
             lagging=lambda: self.lagging,
         )
-        self.ready = anyio.Event()
-        """Set once the first topology read finished."""
 
     # ------------------------------------------------------------------ views
 
@@ -592,30 +596,4 @@ class ControlPlane:
         Reads the loop's clock: call it on the event loop (the Prometheus exporter goes
         through :meth:`Cluster.snapshot() <cachering.cluster.Cluster.snapshot>`).
         """
-        now = anyio.current_time()
-        nodes = {
-            tnode.id: NodeStatus(
-                state=tnode.state,
-                weight=tnode.weight,
-                **self.health.health(tnode.id).to_dict(now),
-            )
-            for tnode in self.topology.nodes
-        }
-        codec = self.codec
-        topology = self.topology
-        return Status(
-            manager=self.id,
-            leader=self.leader,
-            control_plane=True,
-            topology=TopologyStamp(topology.epoch, topology.version, topology.leader),
-            nodes=nodes,
-            is_leader=self.is_leader,
-            epoch=self.epoch,
-            secret_configured=codec.signed,
-            messages=attrs.evolve(codec.drops, dropped=codec.drops.snapshot()),
-            signing={k: v for k, v in codec.status().items() if k not in ("accepted", "dropped")},
-            election=self.election.status(),
-            warnings=() if codec.signed else (UNSIGNED_WARNING,),
-            errors=(self.election.refusal,) if self.election.refusal else (),
-            events_published=self.bus.published,
-        )
+        return plane_status(self)

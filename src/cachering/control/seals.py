@@ -17,14 +17,17 @@ from __future__ import annotations
 import hmac
 import re
 from collections.abc import Callable, Mapping
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 import attrs
 
 from ..messages import Keyring
 from .scripts import NodeControlState
 
-__all__ = ["UNSIGNED_WARNING", "SealCheck", "check_seal", "screen", "seal"]
+if TYPE_CHECKING:
+    from ..config import ClusterConfig
+
+__all__ = ["UNSIGNED_WARNING", "SealCheck", "check_seal", "keyring_of", "screen", "seal"]
 
 UNSIGNED_WARNING: Final = (
     "no secret: control messages and the stored topology are not authenticated; anyone "
@@ -99,3 +102,10 @@ def screen(
                 )
         out[node] = state
     return out
+
+
+def keyring_of(config: ClusterConfig) -> Keyring | None:
+    """The keyring described by ``config.secret`` (first entry signs), or None."""
+    if not config.secret:
+        return None
+    return Keyring(dict(config.secret), active=config.secret[0][0])

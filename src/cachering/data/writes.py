@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 from ..config import ClusterConfig, Consistency
 from ..errors import ConsistencyError, NodeUnavailable, ResponseError
@@ -24,6 +24,18 @@ from ..resp import Pool
 from ..ring import Ring
 from . import values
 from .arguments import MAX_TTL, TTL, Items, Key, Value, key_bytes, ttl_ms
+from .calls import (
+    Call,
+    Plan,
+    Segment,
+    copies_needed,
+    missed_hints,
+    new_versions,
+    note_hints,
+    plan_calls,
+    record_reply,
+    targets_of,
+)
 from .keys import data_prefix, hint_keys
 from .nearcache import InvalidationPublisher, NearCache
 from .replication import Entry, Synchronizer
@@ -35,53 +47,6 @@ __all__ = ["MAX_TTL", "TTL", "Items", "Key", "Value", "Writes", "key_bytes"]
 
 _LEVELS = ("one", "quorum", "all")
 _StrSet = set[str]  # the class defines a method named ``set``
-_RESTAMPED = b"34"  # reply flags of a first-copy write taken under a new version
-_VERSION = values.VERSION_SIZE
-
-
-def _stamps(reply: bytes, n: int) -> dict[int, bytes]:
-    """The new versions a write script's reply for ``n`` keys gives, by key index."""
-    out: dict[int, bytes] = {}
-    at = n
-    for i in range(n):
-        if reply[i] in _RESTAMPED:
-            out[i] = reply[at : at + _VERSION]
-            at += _VERSION
-    return out
-
-
-class _Segment(NamedTuple):
-    """Replica writes of one preference group for one node."""
-
-    target: str
-    holder: str  # the group's primary: hints go there if the target misses the writes
-    rkeys: list[bytes]
-    stored: list[bytes]
-
-
-class _Call:
-    """One node's script call in ``set_many``: its primary keys first, then the replica
-    writes that ride along (``riders``)."""
-
-    __slots__ = ("members", "riders", "rkeys", "stored")
-
-    def __init__(self, members: list[bytes], rkeys: list[bytes], stored: list[bytes]) -> None:
-        self.members = members  # raw keys this node is primary for
-        self.rkeys = rkeys
-        self.stored = stored
-        self.riders: list[_Segment] = []
-
-    def add(self, members: list[bytes], rkeys: list[bytes], stored: list[bytes]) -> None:
-        """More primary keys."""
-        self.members += members
-        self.rkeys += rkeys
-        self.stored += stored
-
-    def board(self) -> None:
-        """Append the riders' keys and values after the primary ones."""
-        for segment in self.riders:
-            self.rkeys += segment.rkeys
-            self.stored += segment.stored
 
 
 class Writes:
@@ -304,46 +269,18 @@ class Writes:
         copies rides in that call (``sync_inline``); the synchronizer takes the rest."""
         prefix, value_of = self._prefix.__add__, table.__getitem__
         raws = list(table)
-        calls: dict[str, _Call] = {}
-        later: list[_Segment] = []  # replica writes for the synchronizer
-        if copies == 1:
-            for node, members in ring.group_by_node(raws).items():
-                calls[node] = _Call(
-                    members, list(map(prefix, members)), list(map(value_of, members))
-                )
-        else:
-            groups = [
-                (pref, members, list(map(prefix, members)), list(map(value_of, members)))
-                for pref, members in ring.group_by_preference(raws, copies).items()
-            ]
-            for pref, members, rkeys, stored in groups:
-                call = calls.get(pref[0])
-                if call is None:
-                    calls[pref[0]] = _Call(list(members), list(rkeys), list(stored))
-                else:
-                    call.add(members, rkeys, stored)
-            inline = self.config.sync_inline
-            for pref, _, rkeys, stored in groups:
-                for target in pref[1:]:
-                    segment = _Segment(target, pref[0], rkeys, stored)
-                    call = calls.get(target) if inline else None
-                    if call is None:
-                        later.append(segment)
-                    else:
-                        call.riders.append(segment)
-            for call in calls.values():
-                call.board()
+        calls, later = plan_calls(ring, raws, copies, prefix, value_of, self.config.sync_inline)
         replaced = 0
         failed: list[bytes] = []
         lost: _StrSet = set()
         gone: dict[str, str] = {}
-        retry_later: list[_Segment] = []
+        retry_later: list[Segment] = []
         refused: list[ResponseError] = []
         restamped: list[tuple[str, bytes, bytes, bytes]] = []  # (node, raw, rkey, stored)
         limit = self.config.hint_limit
         sync = self.sync
 
-        async def send(node: str, call: _Call) -> None:
+        async def send(node: str, call: Call) -> None:
             nonlocal replaced
             own = len(call.members)
             try:
@@ -367,7 +304,7 @@ class Writes:
             replaced += reply.count(b"2", 0, own)
             if len(reply) > n:  # own keys taken under new versions (only they can be)
                 replaced += reply.count(b"4", 0, own)
-                for i, version in _stamps(reply, n).items():
+                for i, version in new_versions(reply, n).items():
                     new = values.with_version(call.stored[i], version)
                     restamped.append((node, call.members[i], call.rkeys[i], new))
             if call.riders:
@@ -415,8 +352,7 @@ class Writes:
         required = 1 if level == "one" else (copies // 2 + 1 if level == "quorum" else copies)
         # quorum and all count home copies only: a stand-in holds a hint, not a copy of record
         homes = self.router.ring.preference_lists(raws, copies) if level != "one" else None
-        prefix = self._prefix
-        rkeys = [prefix + r for r in raws]
+        rkeys = [self._prefix + r for r in raws]
         flags = [0] * n
         acked: list[tuple[str, ...]] = [()] * n
         failed = dict(failed or {})
@@ -429,53 +365,22 @@ class Writes:
         if avoid:
             self._plan_around(raws, plans, range(n), avoid)
         todo: Sequence[int] = range(n)
-        limit = self.config.hint_limit
 
         def need(i: int) -> int:
-            # At level one a key that misses a home is written to two copies, each
-            # recording the hint, so the hint survives the loss of either.
-            if level != "one":
-                return copies
-            return 2 if copies > 1 and plans[i][1] else 1
+            return copies_needed(level, copies, plans[i])
 
         while True:
-            calls: dict[str, list[int]] = defaultdict(list)
-            any_missed = False
-            for i in todo:
-                targets, missed = plans[i]
-                if missed:
-                    any_missed = True
-                if avoid:
-                    targets = tuple(t for t in targets if t not in avoid)
-                done = acked[i]
-                for t in targets[: need(i)]:
-                    if t not in done:
-                        calls[t].append(i)
+            calls, any_missed = targets_of(todo, plans, avoid, acked, need)
             if not calls:
                 break
             newly_failed = False
 
             async def call(node: str, idx: list[int], any_missed: bool = any_missed) -> None:
                 nonlocal newly_failed
-                hints: list[HintGroup] = []
-                if any_missed:
-                    missed: dict[str, list[bytes]] = defaultdict(list)
-                    for i in idx:
-                        for m in plans[i][1]:
-                            missed[m].append(raws[i])
-                    ns = self.config.namespace
-                    hints = [(*hint_keys(ns, m), members) for m, members in missed.items()]
-                # distinct: raws come from a mapping; every entry is the writer's own
-                argv = apply_argv(
-                    [stored[i] for i in idx],
-                    expiry,
-                    hint_limit=limit,
-                    distinct=True,
-                    hints=hints,
-                    first=len(idx),
-                )
+                hints = missed_hints(self.config.namespace, idx, plans, raws) if any_missed else []
+                keys, part = [rkeys[i] for i in idx], [stored[i] for i in idx]
                 try:
-                    reply = await self._pools[node].run_script(APPLY, [rkeys[i] for i in idx], argv)
+                    reply = await self._apply(node, keys, part, expiry, hints)
                 except NodeUnavailable as exc:
                     self._on_failure(node)
                     failed[node] = exc.reason
@@ -487,18 +392,9 @@ class Writes:
                     refused[node] = str(exc)
                     refused_keys.update(idx)
                     return
-                given = _stamps(reply, len(idx)) if len(reply) > len(idx) else {}
-                for j, (i, flag) in enumerate(zip(idx, reply[: len(idx)], strict=True)):
-                    acked[i] += (node,)
-                    if j in given:  # '3'/'4': applied under a new version
-                        stamps.setdefault(i, {})[node] = given[j]
-                        flag -= 2
-                    if flag - 48 > flags[i]:
-                        flags[i] = flag - 48
+                record_reply(node, idx, reply, acked, stamps, flags)
                 if any_missed:
-                    for i in idx:
-                        if plans[i][1]:
-                            hinted.setdefault(i, set()).update(plans[i][1])
+                    note_hints(idx, plans, hinted)
 
             await each_node(call, calls)
             if not newly_failed:
@@ -509,6 +405,54 @@ class Writes:
                 self._plan_around(raws, plans, todo, avoid)
         if stamps:
             await self._settle(rkeys, stored, expiry, acked, stamps)
+        await self._check_acks(
+            raws, plans, acked, homes, avoid, hinted, refused, failed, required, level
+        )
+        self._counters.hints_recorded += sum(len(h) for h in hinted.values())
+        if avoid:
+            await self._hint_failed(raws, acked, hinted, avoid)
+        await self._after_write(raws, rkeys, stored, expiry, plans, acked, level)
+        return flags
+
+    async def _apply(
+        self,
+        node: str,
+        rkeys: list[bytes],
+        stored: list[bytes],
+        expiry: int,
+        hints: list[HintGroup],
+    ) -> bytes:
+        """One general-path call: ``node`` takes the keys as the writer's own, with the hints."""
+        # distinct: raws come from a mapping; every entry is the writer's own
+        argv = apply_argv(
+            stored,
+            expiry,
+            hint_limit=self.config.hint_limit,
+            distinct=True,
+            hints=hints,
+            first=len(stored),
+        )
+        reply: bytes = await self._pools[node].run_script(APPLY, rkeys, argv)
+        return reply
+
+    async def _check_acks(
+        self,
+        raws: list[bytes],
+        plans: list[Plan],
+        acked: list[tuple[str, ...]],
+        homes: list[tuple[str, ...]] | None,
+        avoid: _StrSet,
+        hinted: dict[int, _StrSet],
+        refused: dict[str, str],
+        failed: dict[str, str],
+        required: int,
+        level: str,
+    ) -> None:
+        """Raise for a refused call or keys short of ``level``'s acknowledgements.
+
+        Reports the missed nodes first; before raising, near caches drop the keys and the
+        copies that took the write get hints for the homes that failed."""
+        n = len(raws)
         if homes is None:
             counted = [len(a) for a in acked]
         else:
@@ -542,16 +486,11 @@ class Writes:
                 acknowledged=got,
                 required=required,
             )
-        self._counters.hints_recorded += sum(len(h) for h in hinted.values())
-        if avoid:
-            await self._hint_failed(raws, acked, hinted, avoid)
-        await self._after_write(raws, rkeys, stored, expiry, plans, acked, level)
-        return flags
 
     def _plan_around(
         self,
         raws: list[bytes],
-        plans: list[tuple[tuple[str, ...], tuple[str, ...]]],
+        plans: list[Plan],
         todo: Sequence[int],
         avoid: _StrSet,
     ) -> None:
@@ -629,7 +568,7 @@ class Writes:
         rkeys: list[bytes],
         stored: list[bytes],
         expiry: int,
-        plans: list[tuple[tuple[str, ...], tuple[str, ...]]],
+        plans: list[Plan],
         acked: list[tuple[str, ...]],
         level: str,
     ) -> None:

@@ -47,6 +47,7 @@ from .procs import (
     server_version,
     supports_tls,
 )
+from .serverio import LineReader, conf_quote, log_tail, resp_command
 
 __all__ = ["LocalCluster", "ServerStartError", "find_server", "server_version"]
 
@@ -89,59 +90,6 @@ def _free_port() -> int:
         sock.bind((HOST, 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def _conf_quote(value: str) -> str:
-    # redis.conf lines are split like a shell: double quotes with backslash escapes.
-    out = []
-    for ch in value:
-        if ch in '\\"':
-            out.append("\\" + ch)
-        elif ch.isprintable() and ch.isascii():
-            out.append(ch)
-        else:
-            out.extend(f"\\x{b:02x}" for b in ch.encode())
-    return '"' + "".join(out) + '"'
-
-
-def _resp(*args: str) -> bytes:
-    parts = [f"*{len(args)}\r\n".encode()]
-    for arg in args:
-        data = arg.encode()
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(parts)
-
-
-class _LineReader:
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self._buf = b""
-
-    def _fill(self) -> None:
-        chunk = self._sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("server closed the connection")
-        self._buf += chunk
-
-    def line(self) -> bytes:
-        while b"\r\n" not in self._buf:
-            self._fill()
-        line, self._buf = self._buf.split(b"\r\n", 1)
-        return line
-
-    def exactly(self, n: int) -> bytes:
-        while len(self._buf) < n:
-            self._fill()
-        data, self._buf = self._buf[:n], self._buf[n:]
-        return data
-
-
-def _log_tail(path: Path, lines: int = 15) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
 
 
 def _check_credential(name: str, value: object) -> None:
@@ -470,7 +418,7 @@ class LocalCluster:
             "daemonize no",
             'save ""',
             "appendonly no",
-            f"dir {_conf_quote(str(node_dir))}",
+            f"dir {conf_quote(str(node_dir))}",
             'logfile ""',
             "loglevel notice",
         ]
@@ -480,9 +428,9 @@ class LocalCluster:
             lines += [
                 "port 0",
                 f"tls-port {port}",
-                f"tls-cert-file {_conf_quote(str(tls_dir / 'server.crt'))}",
-                f"tls-key-file {_conf_quote(str(tls_dir / 'server.key'))}",
-                f"tls-ca-cert-file {_conf_quote(str(tls_dir / 'ca.crt'))}",
+                f"tls-cert-file {conf_quote(str(tls_dir / 'server.crt'))}",
+                f"tls-key-file {conf_quote(str(tls_dir / 'server.key'))}",
+                f"tls-ca-cert-file {conf_quote(str(tls_dir / 'ca.crt'))}",
                 f"tls-auth-clients {'yes' if self.tls_client_auth else 'no'}",
             ]
         else:
@@ -491,11 +439,11 @@ class LocalCluster:
             assert self.password is not None
             lines += [
                 "user default off",
-                f"user {_conf_quote(self.username)} on {_conf_quote('>' + self.password)} "
+                f"user {conf_quote(self.username)} on {conf_quote('>' + self.password)} "
                 "allkeys allchannels allcommands",
             ]
         elif self.password is not None:
-            lines.append(f"requirepass {_conf_quote(self.password)}")
+            lines.append(f"requirepass {conf_quote(self.password)}")
         return "\n".join(lines) + "\n"
 
     def _launch(self, i: int, port: int) -> int:
@@ -533,7 +481,7 @@ class LocalCluster:
         delay = 0.005
         while True:
             if proc.poll() is not None:
-                tail = _log_tail(log)
+                tail = log_tail(log)
                 if port_race_ok and "Address already in use" in tail:
                     raise _PortInUse
                 raise ServerStartError(
@@ -546,7 +494,7 @@ class LocalCluster:
                 end_process(proc)
                 raise ServerStartError(
                     f"{self.server_path} for node {i} did not answer PING on port {port} "
-                    f"within {self.startup_timeout} s; log tail ({log}):\n{_log_tail(log)}"
+                    f"within {self.startup_timeout} s; log tail ({log}):\n{log_tail(log)}"
                 )
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
@@ -557,8 +505,8 @@ class LocalCluster:
         commands = []
         if self.password is not None:
             user = (self.username,) if self.username is not None else ()
-            commands.append(_resp("AUTH", *user, self.password))
-        commands += [_resp("PING"), _resp("INFO", "server")]
+            commands.append(resp_command("AUTH", *user, self.password))
+        commands += [resp_command("PING"), resp_command("INFO", "server")]
         try:
             with contextlib.ExitStack() as stack:
                 sock = stack.enter_context(socket.create_connection((HOST, port), timeout=0.5))
@@ -567,7 +515,7 @@ class LocalCluster:
                         self.client_ssl_context.wrap_socket(sock, server_hostname=HOST)
                     )
                 sock.sendall(b"".join(commands))
-                reader = _LineReader(sock)
+                reader = LineReader(sock)
                 if self.password is not None:
                     reply = reader.line()
                     if reply.startswith((b"-WRONGPASS", b"-ERR invalid password")):

@@ -236,6 +236,58 @@ _CLAIM = Script(
 )
 
 
+def _sources(
+    node: str, pools: Mapping[str, Pool], sources: Iterable[str] | None, holder_ids: list[str]
+) -> list[str]:
+    """The nodes whose copies a replay compares: ``sources`` and every holder, not ``node``."""
+    wanted = dict.fromkeys([*(sources or ()), *holder_ids])
+    return [s for s in wanted if s != node and s in pools]
+
+
+async def _claim(
+    pool: Pool,
+    holder: str,
+    hint_key: bytes,
+    claim_key: bytes,
+    batch: int,
+    timeout: float,  # noqa: ASYNC109
+) -> list[bytes]:
+    """Up to ``batch`` claimed members of ``holder``: a claim left behind, else new hints."""
+    members = _members(holder, await pool.execute("SRANDMEMBER", claim_key, batch, timeout=timeout))
+    if not members:
+        got = await pool.execute("SRANDMEMBER", hint_key, batch, timeout=timeout)
+        members = _members(holder, got)
+        if members:
+            await pool.run_script(_CLAIM, [hint_key, claim_key], members, timeout=timeout)
+    return members
+
+
+async def _settle(
+    holder: str,
+    handled: list[bytes],
+    pools: Mapping[str, Pool],
+    namespace: str,
+    homes: Homes | None,
+    timeout: float,  # noqa: ASYNC109
+    result: RepairResult,
+) -> bool:
+    """Remove the replayed members from ``holder``'s claim set, then its stand-in copies.
+
+    True when the claim set was updated; an error is recorded in ``result`` and gives False.
+    """
+    claim_key = hint_claim_key(namespace, result.node)
+    try:
+        await pools[holder].execute("SREM", claim_key, *handled, timeout=timeout)
+    except ERRORS as exc:
+        result.errors.append(f"{holder}: {exc}")
+        return False
+    if homes is not None:
+        result.dropped += await drop_stand_in_copies(
+            holder, handled, pools, namespace, homes=homes, timeout=timeout, errors=result.errors
+        )
+    return True
+
+
 async def replay_hints(
     node: str,
     pools: Mapping[str, Pool],
@@ -268,9 +320,7 @@ async def replay_hints(
     """
     result = RepairResult(node)
     holder_ids = [h for h in dict.fromkeys(holders) if h != node and h in pools]
-    source_ids = [
-        s for s in dict.fromkeys([*(sources or ()), *holder_ids]) if s != node and s in pools
-    ]
+    source_ids = _sources(node, pools, sources, holder_ids)
     target = pools.get(node)
     if target is None:
         result.errors.append("no pool for the node")
@@ -284,15 +334,7 @@ async def replay_hints(
         for holder in holder_ids:
             pool = pools[holder]
             try:
-                got = await pool.execute("SRANDMEMBER", claim_key, batch, timeout=timeout)
-                members = _members(holder, got)
-                if not members:
-                    got = await pool.execute("SRANDMEMBER", hint_key, batch, timeout=timeout)
-                    members = _members(holder, got)
-                    if members:
-                        await pool.run_script(
-                            _CLAIM, [hint_key, claim_key], members, timeout=timeout
-                        )
+                members = await _claim(pool, holder, hint_key, claim_key, batch, timeout)
             except ERRORS as exc:
                 unreachable = True
                 result.errors.append(f"{holder}: {exc}")
@@ -307,22 +349,8 @@ async def replay_hints(
             handled = [m for m, k in zip(members, keys, strict=True) if k in done]
             if not handled:
                 continue
-            try:
-                await pool.execute("SREM", claim_key, *handled, timeout=timeout)
-                progress = True
-            except ERRORS as exc:
-                result.errors.append(f"{holder}: {exc}")
-                continue
-            if homes is not None:
-                result.dropped += await drop_stand_in_copies(
-                    holder,
-                    handled,
-                    pools,
-                    namespace,
-                    homes=homes,
-                    timeout=timeout,
-                    errors=result.errors,
-                )
+            settled = await _settle(holder, handled, pools, namespace, homes, timeout, result)
+            progress = progress or settled
         if not pending:
             result.complete = not unreachable
             return result
