@@ -179,7 +179,7 @@ def cachering_single(nodes: Sequence[NodeSpec], backend: str, n: int) -> dict[st
                                     times[name].append(time.perf_counter() - start)
                     if replicas == 2:
                         await cluster.set_many(dict.fromkeys(KEYS, VALUE))
-                        await cluster.flush()
+                        await cluster.wait_replicated()
                         many: dict[str, Callable[[], Awaitable[Any]]] = {
                             "get_many one": lambda: cluster.get_many(KEYS),
                             "get_many quorum": lambda: cluster.get_many(KEYS, consistency="quorum"),

@@ -89,9 +89,9 @@ async def _cluster(
             assert await cluster.get("one") == VALUE
             if what == "replicate" and replicas > 1:
                 await cluster.wait_replicated()
-                sync = cluster.metrics()["sync"]
-                assert sync["replica_writes_dropped"] == 0
-                assert sync["inline"] + sync["replica_writes_applied"] >= 10 * len(KEYS)
+                sync = cluster.metrics().sync.counters
+                assert sync.dropped == 0
+                assert sync.inline + sync.applied >= 10 * len(KEYS)
 
         yield ops[what], check
 
