@@ -30,41 +30,15 @@ from ..config import Consistency
 from ..errors import ConsistencyError, NodeUnavailable, ResponseError
 from ..metrics import CallCounters
 from ..resp import Pool
-from ..resp.script import Script
 from ..ring import Ring
 from . import values
 from .keys import data_prefix
 from .nearcache import NearCache
 from .routing import Router, each_node
-from .scripts import APPLY, apply_args
+from .scripts import APPLY, READ_COPIES, apply_args
 from .writes import Key, key_bytes
 
 _LEVELS = ("one", "quorum", "all")
-# Each key's stored value and absolute expiry in ms (-1: none, -2: no key): what read
-# repair copies. PEXPIRETIME exists from Redis 7.0; before, PTTL plus the server's TIME.
-_READ_COPIES = Script(
-    r"""
-local out, now = {}, nil
-for i, key in ipairs(KEYS) do
-  local raw = redis.pcall('GET', key)
-  if type(raw) == 'table' then raw = false end
-  local exp = redis.pcall('PEXPIRETIME', key)
-  if type(exp) == 'table' then
-    exp = redis.call('PTTL', key)
-    if exp >= 0 then
-      if now == nil then
-        local t = redis.call('TIME')
-        now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-      end
-      exp = now + exp
-    end
-  end
-  out[2 * i - 1] = raw
-  out[2 * i] = exp
-end
-return out
-"""
-)
 
 
 def _version(raw: object) -> bytes:
@@ -448,7 +422,7 @@ class Reads:
             idx = sorted({i for group in targets.values() for i in group})
             try:
                 flat = await self._pools[source].run_script(
-                    _READ_COPIES, [prefix + raws[i] for i in idx], []
+                    READ_COPIES, [prefix + raws[i] for i in idx], []
                 )
             except (NodeUnavailable, ResponseError):
                 self._counters.read_repairs_failed += len(idx)

@@ -60,6 +60,7 @@ __all__ = [
     "APPLY_SOURCE",
     "EACH",
     "LARGE_VALUE",
+    "READ_COPIES",
     "HintGroup",
     "apply_args",
     "apply_argv",
@@ -390,3 +391,37 @@ def apply_args(
     return keys, apply_argv(
         stored, pxats, hint_limit=hint_limit, distinct=distinct, hints=hints, first=first
     )
+
+
+# Each key's stored value and absolute expiry in ms (-1: none, -2: no key). PEXPIRETIME
+# exists from Redis 7.0; before that PTTL plus the server's clock gives the same within a
+# millisecond (both are read in the same script run).
+READ_COPIES = Script(
+    r"""
+local out, now, exact = {}, nil, true
+for i, key in ipairs(KEYS) do
+  local raw = redis.pcall('GET', key)
+  if type(raw) == 'table' then raw = false end
+  local exp
+  if exact then
+    exp = redis.pcall('PEXPIRETIME', key)
+    if type(exp) == 'table' then exact = false end
+  end
+  if not exact then
+    exp = redis.call('PTTL', key)
+    if exp >= 0 then
+      if now == nil then
+        local t = redis.call('TIME')
+        now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+      end
+      exp = now + exp
+    end
+  end
+  out[2 * i - 1] = raw
+  out[2 * i] = exp
+end
+return out
+"""
+)
+"""Each key's stored value and absolute expiry in ms: what read repair, resync and the
+sweep copy."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 from ..data.keys import data_prefix
-from ..data.scripts import APPLY
+from ..data.scripts import APPLY, READ_COPIES
 from ..data.values import HEADER_LUA, HEADER_SIZE, version_of
 from ..errors import NodeUnavailable, ProtocolError, ResponseError
 from ..resp.pool import Pool
@@ -50,36 +50,6 @@ Homes = Callable[[list[bytes]], list[tuple[str, ...]]]
 """Gives each raw key's home nodes (its preference list on the ring in force)."""
 ERRORS = (NodeUnavailable, ResponseError, OSError)
 """What a node call can fail with; repair notes these and goes on."""
-# Each key's stored value and absolute expiry in ms (-1: none, -2: no key). PEXPIRETIME
-# exists from Redis 7.0; before that PTTL plus the server's clock gives the same within a
-# millisecond (both are read in the same script run).
-_READ_COPIES = Script(
-    r"""
-local out, now, exact = {}, nil, true
-for i, key in ipairs(KEYS) do
-  local raw = redis.pcall('GET', key)
-  if type(raw) == 'table' then raw = false end
-  local exp
-  if exact then
-    exp = redis.pcall('PEXPIRETIME', key)
-    if type(exp) == 'table' then exact = false end
-  end
-  if not exact then
-    exp = redis.call('PTTL', key)
-    if exp >= 0 then
-      if now == nil then
-        local t = redis.call('TIME')
-        now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-      end
-      exp = now + exp
-    end
-  end
-  out[2 * i - 1] = raw
-  out[2 * i] = exp
-end
-return out
-"""
-)
 
 
 def int_reply(node: str, reply: object, what: str) -> int:
@@ -111,7 +81,7 @@ async def read_copies(
     """Each key's raw value (None: missing or not a string) and absolute expiry in ms."""
     if not keys:
         return []
-    replies = await pool.run_script(_READ_COPIES, list(keys), [], timeout=timeout)
+    replies = await pool.run_script(READ_COPIES, list(keys), [], timeout=timeout)
     if not isinstance(replies, list) or len(replies) != 2 * len(keys):
         raise ProtocolError(pool.spec.id, f"copies read answered {replies!r:.60}")
     out: list[tuple[bytes | None, int]] = []
