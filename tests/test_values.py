@@ -511,8 +511,8 @@ def test_negative_expiry_counts_from_the_servers_clock(server: redis.Redis, scri
         _apply(server, [(b"k", stored, -50_000)])
     else:  # one expiry per key: relative, absolute and none mixed
         _apply(server, [(b"k", stored, -50_000), (b"a", stored, before + 9_000), (b"n", stored, 0)])
-        assert server.execute_command("PEXPIRETIME", b"a") == before + 9_000
+        assert pexpiretime(server, b"a") == before + 9_000
         assert server.pttl(b"n") == -1
     after = _server_ms(server)
-    expires = server.execute_command("PEXPIRETIME", b"k")
+    expires = pexpiretime(server, b"k")
     assert before + 50_000 <= expires <= after + 50_000
