@@ -50,11 +50,11 @@ def copied_expiry(client: redis.Redis, key: bytes, want: int) -> int:
     apart, so a copy may be a millisecond or two off; that counts as a match there.
     """
     got = pexpiretime(client, key)
-    slack = 0 if _has_pexpiretime(client) else 2
+    slack = 0 if has_pexpiretime(client) else 2
     return want if want >= 0 and got >= 0 and abs(got - want) <= slack else got
 
 
-def _has_pexpiretime(client: redis.Redis) -> bool:
+def has_pexpiretime(client: redis.Redis) -> bool:
     try:
         client.execute_command("PEXPIRETIME", b"cachering-test:no-such-key")  # type: ignore[no-untyped-call]
     except redis.ResponseError:

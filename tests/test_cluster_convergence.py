@@ -11,7 +11,7 @@ import pytest
 from cachering.cluster import Cluster
 from cachering.data import values
 from cachering.local import LocalCluster
-from cluster_helpers import Inspector, config
+from cluster_helpers import Inspector, config, has_pexpiretime
 
 pytestmark = pytest.mark.anyio
 
@@ -67,7 +67,10 @@ async def test_concurrent_writers_converge(
         assert set(copies) == set(inspect.clients), key
         assert len(set(copies.values())) == 1, (key, copies)
         expiries = {inspect.expiretime(node, ns, key) for node in copies}
-        assert len(expiries) == 1, (key, expiries)
+        # exact where the server has PEXPIRETIME; on Redis 6.2 a copy that repair wrote
+        # reads its source's expiry as PTTL plus TIME, a millisecond or two apart
+        slack = 0 if has_pexpiretime(inspect.clients["n0"]) else 2
+        assert max(expiries) - min(expiries) <= slack, (key, expiries)
         # the surviving copy is the newest version any writer produced
         decoded = values.decode(next(iter(copies.values())))
         assert decoded is not None
