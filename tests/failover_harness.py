@@ -168,7 +168,7 @@ class Fleet:
             return leaders[0]
         return None
 
-    async def until(self, check: Callable[[], bool], timeout: float = 20.0) -> None:
+    async def until(self, check: Callable[[], bool], timeout: float = 40.0) -> None:
         """Wait until ``check()`` holds (a hang guard, not a speed requirement)."""
         with anyio.fail_after(timeout):
             while not check():
