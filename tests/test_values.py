@@ -158,7 +158,7 @@ def test_script_applies_only_newer(server: redis.Redis, apply: Apply) -> None:
 def test_script_ties_broken_by_writer_id(server: redis.Redis, apply: Apply) -> None:
     server.flushall()
     low = values.HybridClock(b"\x00" * 8, wall_ms=lambda: 1).next()
-    high = values.HybridClock(b"\xff" * 8, wall_ms=lambda: 1).next()
+    high = values.HybridClock(b"\x7f" + b"\xff" * 7, wall_ms=lambda: 1).next()
     apply([(b"k", values.encode(high, b"H"), 0)])
     assert apply([(b"k", values.encode(low, b"L"), 0)]) == "0"
     assert values.user_bytes(server.get(b"k")) == b"H"
@@ -439,6 +439,46 @@ def _stamp_of(clock_ms: int, counter: int, writer: bytes) -> bytes:
     return ((clock_ms << 16) | counter).to_bytes(8, "big") + writer
 
 
+def _restamped(writer: bytes) -> bytes:
+    """The writer id a first copy gives a write it restamps: the top bit set."""
+    return bytes([writer[0] | 0x80]) + writer[1:]
+
+
+def _first_copy(client: redis.Redis, script: str, key: bytes, stored: bytes) -> bytes:
+    if script == "APPLY_ONE":
+        reply: bytes = client.eval(APPLY_ONE_SOURCE, 1, key, stored, 0)
+        return reply
+    keys, argv = apply_args([(key, stored, 0)], hint_limit=1, first=1)
+    reply = client.eval(APPLY_SOURCE, len(keys), *keys, *argv)
+    return reply
+
+
+@pytest.mark.parametrize("script", ["APPLY", "APPLY_ONE"])
+def test_a_restamped_version_never_equals_one_a_writer_stamps(
+    server: redis.Redis, script: str
+) -> None:
+    # B's write is restamped above A's copy, at A's clock plus one. B's next write, stamped
+    # by B's own clock at that very value, is another write: the first copy must take it,
+    # not mistake it for a retry of the stored one (the copies then disagreed for good).
+    server.flushall()
+    server.set(b"k", values.encode(_stamp_of(10_000, 0, b"A" * 8), b"from A"))
+    assert _first_copy(server, script, b"k", values.encode(_stamp_of(1, 0, b"B" * 8), b"b1"))[
+        :1
+    ] == b"4"
+    own = values.encode(_stamp_of(10_000, 1, b"B" * 8), b"b2")
+    assert _first_copy(server, script, b"k", own)[:1] == b"4"
+    stored = server.get(b"k")
+    assert values.user_bytes(stored) == b"b2"
+    assert values.version_of(stored) == _stamp_of(10_000, 2, _restamped(b"B" * 8))
+
+
+def test_writer_ids_keep_the_restamp_bit_clear() -> None:
+    assert all(values.writer_id()[0] < 0x80 for _ in range(200))
+    assert values.HybridClock.random().writer[0] < 0x80
+    with pytest.raises(ValueError, match="top bit"):
+        values.HybridClock(b"\x80" + b"a" * 7)
+
+
 @pytest.mark.parametrize("script", ["APPLY", "APPLY_ONE"])
 def test_first_copy_write_older_than_the_stored_one_is_taken(
     server: redis.Redis, script: str
@@ -465,7 +505,8 @@ def test_first_copy_write_older_than_the_stored_one_is_taken(
         assert reply_k[:1] == b"4"
         assert reply_t[:1] == b"3"
         stamps = [reply_k[1:], reply_t[1:]]
-    assert stamps == [_stamp_of(10_000, 1, b"B" * 8), _stamp_of(10_000, 2, b"B" * 8)]
+    given = _restamped(b"B" * 8)
+    assert stamps == [_stamp_of(10_000, 1, given), _stamp_of(10_000, 2, given)]
     for key, stamp in zip((b"k", b"t"), stamps, strict=True):
         stored = server.get(key)
         assert values.version_of(stored) == stamp
@@ -484,7 +525,7 @@ def test_first_copy_write_carries_into_the_next_byte_and_keeps_retries_idempoten
     server.set(b"k", values.encode(b"\x00\x00\x00\x01\xff\xff\xff\xff" + b"A" * 8, b"a"))
     late = values.encode(_stamp_of(1, 0, b"B" * 8), b"b")
     reply = server.eval(APPLY_ONE_SOURCE, 1, b"k", late, 0)
-    assert reply == b"4" + b"\x00\x00\x00\x02\x00\x00\x00\x00" + b"B" * 8
+    assert reply == b"4" + b"\x00\x00\x00\x02\x00\x00\x00\x00" + _restamped(b"B" * 8)
     # the writer's own version already stored: nothing to do, not stamped again
     server.set(b"j", late)
     assert server.eval(APPLY_ONE_SOURCE, 1, b"j", late, 0) == b"0"

@@ -85,7 +85,7 @@ class Cluster:
         if not isinstance(config, ClusterConfig):
             raise TypeError(f"config must be a ClusterConfig, got {type(config).__name__}")
         self.config = config
-        self.instance = os.urandom(16)
+        self.instance = values.writer_id() + os.urandom(8)  # its head is the writer id
         """Random id of this Cluster object (origin of its invalidation messages)."""
         self.id = config.manager_id or self.instance.hex()
         """Manager id: ``config.manager_id`` or random."""

@@ -108,8 +108,10 @@ local function compare(c, val)
 end
 -- A first-copy write of val older than the stored copy c (the writer's clock is behind
 -- another's): (value to write, reply flag, new version or nil). It is written under the
--- version just above c's (c's clock plus one, then val's writer id), so the write that
--- arrives last at the first copy is the newest.
+-- version just above c's (c's clock plus one, then val's writer id with its top bit set),
+-- so the write that arrives last at the first copy is the newest. Writers never set that
+-- bit themselves, so no version a writer stamps can equal one given here: two different
+-- writes never share a version.
 local function restamp(c, val, live)
   local clock = {byte(c, VERSION_FIRST, VERSION_FIRST + 7)}
   local j = 8
@@ -121,7 +123,9 @@ local function restamp(c, val, live)
     return val, live and '2' or '1', nil -- a clock at its maximum: taken as foreign
   end
   clock[j] = clock[j] + 1
-  local v = string.char(unpack(clock)) .. string.sub(val, VERSION_FIRST + 8, VERSION_LAST)
+  local w = byte(val, VERSION_FIRST + 8)
+  local v = string.char(unpack(clock)) .. string.char(w < 128 and w + 128 or w)
+    .. string.sub(val, VERSION_FIRST + 9, VERSION_LAST)
   return string.sub(val, 1, VERSION_FIRST - 1) .. v .. string.sub(val, VERSION_LAST + 1),
     live and '4' or '3', v
 end

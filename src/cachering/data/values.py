@@ -5,7 +5,7 @@ Every copy of a key holds ``header + user bytes``. The header is 18 bytes::
     offset size  field
     0      1     format byte, 0x01
     1      8     HLC, unsigned big-endian: 48-bit wall clock in ms << 16 | 16-bit counter
-    9      8     writer id (random per Cluster instance)
+    9      8     writer id (random per Cluster instance; top bit clear, see below)
     17     1     flags: bit 0 = tombstone (a delete; no user bytes follow)
     18     n     the user's bytes, exactly as given to ``set``
 
@@ -13,6 +13,11 @@ Bytes 1..16 together are the *version*. Because both parts are big-endian, compa
 16 bytes lexicographically orders versions by clock, then by writer id; the write script
 keeps the copy with the greatest version, so every copy of a key converges on one value
 no matter in what order the writes arrive.
+
+A writer's own versions have the top bit of the writer id clear. When a first copy takes
+a write older than its stored copy (the writer's clock is behind another's), the write
+script gives it the version just above the stored one, with that bit set: such a version
+can never equal one a writer stamped, so two different writes never share a version.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ __all__ = [
     "user_values",
     "version_of",
     "with_version",
+    "writer_id",
 ]
 
 FORMAT = 0x01
@@ -62,6 +68,14 @@ _HEADER = struct.Struct(">BQ8sB")
 _MAX_WALL = (1 << 48) - 1
 _FORMAT_BYTE = bytes([FORMAT])
 _LIVE, _TOMB = b"\x00", bytes([FLAG_TOMBSTONE])
+_RESTAMPED = 0x80  # top bit of a writer id's first byte: a version a first copy gave
+
+
+def writer_id() -> bytes:
+    """A fresh random 8-byte writer id (top bit clear: that bit marks versions the write
+    script assigns)."""
+    raw = os.urandom(8)
+    return bytes([raw[0] & ~_RESTAMPED & 0xFF]) + raw[1:]
 
 
 class StoredValue(NamedTuple):
@@ -188,6 +202,8 @@ class HybridClock:
     ) -> None:
         if not isinstance(writer, bytes) or len(writer) != 8:
             raise ValueError("HybridClock.writer must be 8 bytes")
+        if writer[0] & _RESTAMPED:
+            raise ValueError("HybridClock.writer must have its top bit clear (see writer_id)")
         self.writer = writer
         """The 8-byte writer id appended to every version."""
         self._last = last
@@ -196,7 +212,7 @@ class HybridClock:
     @classmethod
     def random(cls) -> HybridClock:
         """A clock with a random writer id."""
-        return cls(os.urandom(8))
+        return cls(writer_id())
 
     def tick(self) -> int:
         """Advance and return the new HLC value (an int)."""
@@ -219,6 +235,10 @@ class HybridClock:
         """Move past an HLC seen on a stored value, so our next write orders after it."""
         if hlc > self._last:
             self._last = hlc
+
+    def observe_version(self, version: bytes) -> None:
+        """:meth:`observe` the HLC of a 16-byte ``version`` (one a first copy gave a write)."""
+        self.observe(int.from_bytes(version[:8], "big"))
 
     @property
     def last(self) -> int:

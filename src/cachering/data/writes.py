@@ -238,6 +238,7 @@ class Writes:
                 else:
                     if len(reply) > 1:  # taken under a new version: replicas get that one
                         stored = values.with_version(stored, reply[1:])
+                        self._clock.observe_version(reply[1:])
                     self._announce((raw,))
                     if len(targets) > 1:
                         for node in targets[1:]:
@@ -305,6 +306,7 @@ class Writes:
             if len(reply) > n:  # own keys taken under new versions (only they can be)
                 replaced += reply.count(b"4", 0, own)
                 for i, version in new_versions(reply, n).items():
+                    self._clock.observe_version(version)
                     new = values.with_version(call.stored[i], version)
                     restamped.append((node, call.members[i], call.rkeys[i], new))
             if call.riders:
@@ -515,6 +517,7 @@ class Writes:
         fix: dict[str, list[int]] = defaultdict(list)
         for i, given in stamps.items():
             final = max(given.values())
+            self._clock.observe_version(final)
             stored[i] = values.with_version(stored[i], final)
             for node in acked[i]:
                 if given.get(node) != final:
