@@ -178,6 +178,8 @@ class ManagerProc:
         self.clock_offset = clock_offset
         self.lines: list[dict[str, Any]] = []
         self.stderr_path = workdir / f"{self.id}.stderr"
+        self.out_path = workdir / f"{self.id}.out"
+        """Every line the manager printed, as printed (kept for a post-mortem)."""
         self._lock = threading.Lock()
         self._next_id = 0
         path = workdir / f"{self.id}.json"
@@ -209,14 +211,19 @@ class ManagerProc:
     def _read(self) -> None:
         assert self.proc is not None
         assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            try:
-                line = json.loads(raw)
-            except ValueError:
-                line = {"ev": "junk", "raw": raw[:200].decode(errors="replace")}
-            line["manager"] = self.id
-            with self._lock:
-                self.lines.append(line)
+        with self.out_path.open("ab") as out:
+            for raw in self.proc.stdout:
+                out.write(raw)
+                self._take(raw)
+
+    def _take(self, raw: bytes) -> None:
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            line = {"ev": "junk", "raw": raw[:200].decode(errors="replace")}
+        line["manager"] = self.id
+        with self._lock:
+            self.lines.append(line)
 
     def snapshot(self) -> list[dict[str, Any]]:
         """A copy of every line so far."""

@@ -129,6 +129,14 @@ def _report(config: pytest.Config, runs: Runs) -> None:
             reporter.write_line(line)
 
 
+def _clean(runs: Runs) -> None:
+    """Remove the run's files, unless ``CACHERING_LAB_KEEP=1`` keeps them for a post-mortem."""
+    if os.environ.get("CACHERING_LAB_KEEP") == "1":
+        print(f"lab files kept in {runs.root}")
+        return
+    shutil.rmtree(runs.root, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def ns_runs(pytestconfig: pytest.Config) -> Iterator[Runs]:
     why = unavailable()
@@ -140,7 +148,7 @@ def ns_runs(pytestconfig: pytest.Config) -> Iterator[Runs]:
             yield runs
         finally:
             _report(pytestconfig, runs)
-            shutil.rmtree(runs.root, ignore_errors=True)
+            _clean(runs)
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +160,7 @@ def loop_runs(pytestconfig: pytest.Config) -> Iterator[Runs]:
     finally:
         _report(pytestconfig, runs)
         net.close()
-        shutil.rmtree(runs.root, ignore_errors=True)
+        _clean(runs)
 
 
 def _check(runs: Runs, seed: int, invariant: str) -> None:

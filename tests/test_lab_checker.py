@@ -136,6 +136,22 @@ def test_miss_is_lost_unless_enough_nodes_lost_their_data() -> None:
     assert _violated(h) == set()
 
 
+def test_data_lost_while_a_write_was_under_way_excuses_its_miss() -> None:
+    # The write was invoked before its homes lost their data and completed after (its
+    # writer was paused with the nodes' replies in flight): it may have taken effect
+    # before the loss, so a later miss is excused; a write invoked after it is not.
+    h = _history()
+    h.invs.append({"key": "m0-k0", "seq": 3, "t0": 5.0})
+    h.ops.append(_op("set", "m0-k0", 3, 5.0, 7.0))
+    h.resets += [(5.5, "n0", "empty"), (5.6, "n1", "empty")]
+    h.final_seqs = {"m0-k0": -1}
+    h.copies = {}
+    h.ops.append(_op("get", "m0-k0", -1, 8.0, 8.1, manager="m1", level="quorum"))
+    assert _violated(h) == set()
+    h.resets = [(4.5, "n0", "empty"), (4.6, "n1", "empty")]  # before the write began
+    assert _violated(h) == {"no_lost_writes"}
+
+
 def test_resurrected_delete_and_miss_after_delete() -> None:
     h = _history()
     h.invs.append({"key": "m0-k0", "seq": 3, "t0": 5.0, "kind": "del"})
