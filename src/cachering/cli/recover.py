@@ -25,7 +25,7 @@ from ..control.seals import seal
 from ..errors import CacheringError
 from ..resp import Pool
 from ..resp.script import Script
-from .args import float_in
+from .args import add_backend, float_in
 from .output import Style, print_json
 from .status import collect, load_config
 
@@ -53,6 +53,7 @@ def configure(commands: Any) -> None:
     p.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS")
     p.add_argument("--yes", action="store_true", help="act (without it nothing is changed)")
     p.add_argument("--json", action="store_true", help="print the plan and outcome as JSON")
+    add_backend(p)
     p.set_defaults(run=run)
 
 
@@ -176,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         connect_timeout=args.timeout,
     )
-    p = anyio.run(_recover, config, bool(args.yes))
+    p = anyio.run(_recover, config, bool(args.yes), backend=args.backend)
     failed = [n for n, how in p["seeded"].items() if how == "failed"]
     if args.json:
         print_json(p)
