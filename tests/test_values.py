@@ -462,9 +462,10 @@ def test_a_restamped_version_never_equals_one_a_writer_stamps(
     # not mistake it for a retry of the stored one (the copies then disagreed for good).
     server.flushall()
     server.set(b"k", values.encode(_stamp_of(10_000, 0, b"A" * 8), b"from A"))
-    assert _first_copy(server, script, b"k", values.encode(_stamp_of(1, 0, b"B" * 8), b"b1"))[
-        :1
-    ] == b"4"
+    assert (
+        _first_copy(server, script, b"k", values.encode(_stamp_of(1, 0, b"B" * 8), b"b1"))[:1]
+        == b"4"
+    )
     own = values.encode(_stamp_of(10_000, 1, b"B" * 8), b"b2")
     assert _first_copy(server, script, b"k", own)[:1] == b"4"
     stored = server.get(b"k")
