@@ -33,7 +33,7 @@ from .config import ClusterConfig, Consistency
 from .control.plane import ControlPlane
 from .control.topology import Topology
 from .data import values
-from .data.keys import data_prefix, invalidation_channel
+from .data.keys import data_prefix, fence_key, invalidation_channel
 from .data.nearcache import (
     InvalidationCodec,
     InvalidationPublisher,
@@ -63,7 +63,7 @@ from .metrics import (
     snapshot_of,
 )
 from .node import NodeSpec
-from .repair.fence import fence_key, read_fence
+from .repair.fence import read_fence
 from .resp import Pool, PubSub, ReplyLimits
 from .resp.connection import Connection
 from .snapshot import LoopSnapshot

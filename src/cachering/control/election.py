@@ -27,12 +27,13 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import anyio
 from anyio.abc import TaskStatus
 
+from ..data.fanout import gather
 from ..errors import NodeUnavailable, ResponseError
 from ..events import EventBus, LeaderChanged
 from ..messages import MAX_EPOCH, epoch_in_range
@@ -70,26 +71,12 @@ OnBadReply = Callable[[str, Exception], None]
 
 async def fan_out(
     ids: Iterable[str],
-    call: Callable[[str], Awaitable[T]],
+    call: Callable[[str], Coroutine[Any, Any, T]],
     timeout: float,  # noqa: ASYNC109
 ) -> dict[str, T | None]:
-    """Run ``call(node)`` for every node in parallel; a node that fails or is late maps to None.
-
-    Returns after ``timeout`` seconds at the latest; replies after that are never seen.
-    """
-    results: dict[str, T | None] = dict.fromkeys(ids)
-
-    async def one(node: str) -> None:
-        try:
-            results[node] = await call(node)
-        except _CALL_ERRORS:
-            results[node] = None
-
-    with anyio.move_on_after(timeout):
-        async with anyio.create_task_group() as tg:
-            for node in list(results):
-                tg.start_soon(one, node)
-    return results
+    """:func:`~cachering.data.fanout.gather` with the errors a control call can meet: a
+    node that fails or is late maps to None (after ``timeout`` at the latest)."""
+    return await gather(ids, call, timeout, _CALL_ERRORS)
 
 
 async def read_states(

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
 import attrs
 from anyio.abc import TaskStatus
 
+from ..data.fanout import each
 from ..errors import NodeUnavailable, ResponseError
 from ..events import EventBus, NodeHealthy, NodeRestarted, NodeSuspect
 from ..resp.pool import Pool
@@ -169,11 +170,6 @@ class HealthMonitor:
         rec.misses = max(rec.misses, self.threshold - 1)  # _missed counts this one
         self._missed(rec, f"reply does not fit: {reason}"[:200])
 
-    def forget(self, nodes: Iterable[str]) -> None:
-        """Stop tracking these nodes (removed from the cluster)."""
-        for node in nodes:
-            self.nodes.pop(node, None)
-
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Beat forever, one round every ``interval`` seconds (the first one at once)."""
         task_status.started()
@@ -185,9 +181,7 @@ class HealthMonitor:
     async def beat(self) -> None:
         """One round: every node heartbeated at once; returns when all answered or timed out."""
         pools = dict(self._pools())
-        async with anyio.create_task_group() as tg:
-            for node, pool in pools.items():
-                tg.start_soon(self._check, node, pool)
+        await each(pools, lambda node: self._check(node, pools[node]))
         self.rounds += 1
 
     async def _check(self, node: str, pool: Pool) -> None:

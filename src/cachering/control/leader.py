@@ -21,6 +21,7 @@ import attrs
 from anyio.abc import TaskGroup
 
 from ..config import ClusterConfig
+from ..data.keys import hint_keys
 from ..errors import CacheringError, NodeUnavailable, NotLeader
 from ..events import EventBus, HintsReplayed
 from ..messages import MessageKind
@@ -364,7 +365,7 @@ class LeaderDuties:
             )
             for holder in marked:
                 await self.nodes.pool(holder).execute(
-                    "DEL", f"{self.config.namespace}:hintoverflow:{node}"
+                    "DEL", hint_keys(self.config.namespace, node)[1]
                 )
         except (NodeUnavailable, OSError, CacheringError):
             return False

@@ -7,6 +7,7 @@ Everything cachering stores lives under the namespace ``ns`` (``config.namespace
     {ns}:hintoverflow:{node}  "1" when such a set reached ``hint_limit`` and a key was left out
     {ns}:hintclaim:{node}     hints being replayed right now (moved out of the hint set)
     {ns}:inval                pub/sub channel of the near caches' invalidation messages
+    {ns}:fence                the run_id of the server whose data the cluster vouches for
 
 The control plane's keys (``{ns}:ctl:...``) are named by
 :func:`cachering.control.scripts.control_keys`.
@@ -17,6 +18,7 @@ from __future__ import annotations
 __all__ = [
     "data_pattern",
     "data_prefix",
+    "fence_key",
     "hint_claim_key",
     "hint_keys",
     "invalidation_channel",
@@ -46,3 +48,9 @@ def hint_claim_key(namespace: str, node: str) -> bytes:
 def invalidation_channel(namespace: str) -> bytes:
     """The pub/sub channel of invalidation messages (``{ns}:inval``)."""
     return f"{namespace}:inval".encode()
+
+
+def fence_key(namespace: str) -> bytes:
+    """The key holding the run_id whose data the cluster vouches for (``{ns}:fence``, see
+    :mod:`cachering.repair.fence`)."""
+    return f"{namespace}:fence".encode()

@@ -32,6 +32,7 @@ from ..metrics import NearCacheCounters
 from ..node import NodeSpec
 from ..resp.pool import Pool
 from ._burst import BurstLog
+from .fanout import each
 
 __all__ = [
     "InvalidationCodec",
@@ -256,9 +257,7 @@ class InvalidationPublisher:
             else:
                 self._stats.messages_sent += len(commands)
 
-        async with anyio.create_task_group() as tg:
-            for node in self._nodes():
-                tg.start_soon(publish, node)
+        await each(self._nodes(), publish)
 
 
 class InvalidationSubscriber:

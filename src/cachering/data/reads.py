@@ -32,9 +32,10 @@ from ..metrics import CallCounters
 from ..resp import Pool
 from ..ring import Ring
 from . import values
+from .fanout import each_node
 from .keys import data_prefix
 from .nearcache import NearCache
-from .routing import Router, each_node
+from .routing import Router
 from .scripts import APPLY, READ_COPIES, apply_args
 from .writes import Key, key_bytes
 

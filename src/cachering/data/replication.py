@@ -34,8 +34,8 @@ from ..metrics import SyncCounters
 from ..resp.pool import Pool
 from ..resp.script import Script
 from ._burst import BurstLog
+from .fanout import each_node
 from .keys import data_prefix, hint_keys
-from .routing import each_node
 from .scripts import apply_args, apply_argv
 
 __all__ = ["Entry", "Synchronizer"]

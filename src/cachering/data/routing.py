@@ -27,32 +27,15 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
-import anyio
 import attrs
 
 from ..config import ClusterConfig
 from ..ring import Ring
 
-__all__ = ["Router", "WritePlan", "each_node"]
-
-_G = TypeVar("_G")
-
-
-async def each_node(
-    call: Callable[[str, _G], Coroutine[Any, Any, object]], groups: Mapping[str, _G]
-) -> None:
-    """``call(node, group)`` for every node's group at once. A single group is awaited
-    inline: a task group costs microseconds, which show in a call to one node."""
-    if len(groups) == 1:
-        [(node, group)] = groups.items()
-        await call(node, group)
-        return
-    async with anyio.create_task_group() as tg:
-        for node, group in groups.items():
-            tg.start_soon(call, node, group)
+__all__ = ["Router", "WritePlan"]
 
 
 Key = Any

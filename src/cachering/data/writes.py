@@ -36,10 +36,11 @@ from .calls import (
     record_reply,
     targets_of,
 )
+from .fanout import each_node
 from .keys import data_prefix, hint_keys
 from .nearcache import InvalidationPublisher, NearCache
 from .replication import Entry, Synchronizer
-from .routing import Router, each_node
+from .routing import Router
 from .scripts import APPLY, APPLY_ONE, HintGroup, apply_args, apply_argv
 from .servertime import ServerTime
 

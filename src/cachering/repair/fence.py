@@ -27,25 +27,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import anyio
-
-from ..data.scripts import hint_keys
+from ..data.fanout import each
+from ..data.keys import fence_key, hint_keys
 from ..resp.pool import Pool
 from .copies import ERRORS
 
 __all__ = [
     "check_fence",
-    "fence_key",
     "mark_restarted",
     "read_fence",
     "run_id_of",
     "set_fence",
 ]
-
-
-def fence_key(namespace: str) -> bytes:
-    """The key holding the run_id whose data the cluster vouches for."""
-    return f"{namespace}:fence".encode()
 
 
 def run_id_of(info: object) -> str | None:
@@ -63,7 +56,7 @@ def run_id_of(info: object) -> str | None:
 async def read_fence(
     conn: Any,
     namespace: str,
-    timeout: float,  # noqa: ASYNC109
+    timeout: float,
 ) -> tuple[str | None, bytes | None]:
     """The node's current run_id and its fence (None where missing or unreadable), read
     through ``conn`` (a Connection or a Pool) in one round trip."""
@@ -73,7 +66,7 @@ async def read_fence(
     return run_id_of(info), fence if isinstance(fence, bytes) else None
 
 
-async def check_fence(conn: Any, namespace: str, timeout: float) -> bool:  # noqa: ASYNC109
+async def check_fence(conn: Any, namespace: str, timeout: float) -> bool:
     """Whether the node behind ``conn`` (a Connection or a Pool) holds only data the
     cluster vouches for: False when its fence names another server process. A node with
     no fence yet (fresh, or restarted empty) gets one naming its run_id."""
@@ -86,7 +79,7 @@ async def check_fence(conn: Any, namespace: str, timeout: float) -> bool:  # noq
     return fence == run_id.encode()
 
 
-async def set_fence(pool: Pool, namespace: str, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
+async def set_fence(pool: Pool, namespace: str, *, timeout: float | None = None) -> None:
     """Vouch for the node's current data (after it was cleared and resynced)."""
     run_id = run_id_of(await pool.execute("INFO", "server", timeout=timeout))
     if run_id is not None:
@@ -98,7 +91,7 @@ async def mark_restarted(
     namespace: str,
     node: str,
     holders: Iterable[str],
-    timeout: float,  # noqa: ASYNC109
+    timeout: float,
 ) -> int:
     """Set the overflow marker for ``node`` on every reachable holder; returns how many
     holders took it (0: none reachable, try again)."""
@@ -113,9 +106,5 @@ async def mark_restarted(
             return
         marked += 1
 
-    with anyio.move_on_after(timeout):
-        async with anyio.create_task_group() as tg:
-            for holder in holders:
-                if holder != node and holder in pools:
-                    tg.start_soon(one, holder)
+    await each([h for h in holders if h != node and h in pools], one, timeout=timeout)
     return marked

@@ -31,9 +31,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-import anyio
 import attrs
 
+from ..data.fanout import each
 from ..data.keys import data_pattern, data_prefix, hint_claim_key, hint_keys
 from ..data.scripts import apply_args
 from ..data.values import version_of
@@ -86,7 +86,7 @@ async def pending_hints(
     namespace: str,
     targets: Sequence[str],
     holders: Iterable[str],
-    timeout: float,  # noqa: ASYNC109
+    timeout: float,
     on_bad: Callable[[str, str], None] | None = None,
 ) -> dict[str, int]:
     """Hints recorded for each of ``targets`` (summed over the reachable ``holders``),
@@ -124,10 +124,7 @@ async def pending_hints(
             if t != holder:
                 counts[t] += sum(found[3 * i : 3 * i + 3])
 
-    with anyio.move_on_after(timeout):
-        async with anyio.create_task_group() as tg:
-            for holder in holders:
-                tg.start_soon(one, holder)
+    await each(holders, one, timeout=timeout)
     return counts
 
 
@@ -136,7 +133,7 @@ async def hint_holders(
     namespace: str,
     targets: Sequence[str],
     holders: Iterable[str],
-    timeout: float,  # noqa: ASYNC109
+    timeout: float,
     on_bad: Callable[[str, str], None] | None = None,
 ) -> dict[str, int]:
     """How many of the reachable ``holders`` hold hints (a hint set, claims being replayed
@@ -179,10 +176,7 @@ async def hint_holders(
         for t, n in zip(mine, found, strict=True):
             counts[t] += n > 0
 
-    with anyio.move_on_after(timeout):
-        async with anyio.create_task_group() as tg:
-            for holder in holders:
-                tg.start_soon(one, holder)
+    await each(holders, one, timeout=timeout)
     return counts
 
 
@@ -191,7 +185,7 @@ async def overflowed(
     namespace: str,
     node: str,
     holders: Iterable[str],
-    timeout: float,  # noqa: ASYNC109
+    timeout: float,
 ) -> list[str]:
     """The holders that carry an overflow marker for ``node`` (raises if one cannot be asked)."""
     _, over = hint_keys(namespace, node)
@@ -207,7 +201,7 @@ async def overflowed(
     return found
 
 
-async def clear_node(pool: Pool, namespace: str, *, batch: int = 1000, timeout: float = 5.0) -> int:  # noqa: ASYNC109
+async def clear_node(pool: Pool, namespace: str, *, batch: int = 1000, timeout: float = 5.0) -> int:
     """Delete every cachering data key (``{ns}:k:*``) on one node; returns how many."""
     pattern = data_pattern(namespace)
     cursor: bytes | int = 0
@@ -252,7 +246,7 @@ async def _claim(
     hint_key: bytes,
     claim_key: bytes,
     batch: int,
-    timeout: float,  # noqa: ASYNC109
+    timeout: float,
 ) -> list[bytes]:
     """Up to ``batch`` claimed members of ``holder``: a claim left behind, else new hints."""
     members = _members(holder, await pool.execute("SRANDMEMBER", claim_key, batch, timeout=timeout))
@@ -270,7 +264,7 @@ async def _settle(
     pools: Mapping[str, Pool],
     namespace: str,
     homes: Homes | None,
-    timeout: float,  # noqa: ASYNC109
+    timeout: float,
     result: RepairResult,
 ) -> bool:
     """Remove the replayed members from ``holder``'s claim set, then its stand-in copies.
@@ -300,7 +294,7 @@ async def replay_hints(
     homes: Homes | None = None,
     hint_limit: int = 100_000,
     batch: int = 256,
-    timeout: float = 1.0,  # noqa: ASYNC109
+    timeout: float = 1.0,
     max_rounds: int = 100,
 ) -> RepairResult:
     """Replay every hint recorded for ``node`` until none is left (see the module docstring).
@@ -367,7 +361,7 @@ async def _replay_batch(
     sources: Sequence[str],
     keys: Sequence[bytes],
     hint_limit: int,
-    timeout: float,  # noqa: ASYNC109
+    timeout: float,
     result: RepairResult,
 ) -> set[bytes] | None:
     """Copy the newest copy of each key to ``target``; returns the keys dealt with, which
@@ -426,7 +420,7 @@ async def resync_node(
     homes: Homes,
     hint_limit: int = 100_000,
     batch: int = 500,
-    timeout: float = 5.0,  # noqa: ASYNC109
+    timeout: float = 5.0,
 ) -> RepairResult:
     """Copy to ``node`` every key the other nodes hold and ``homes`` places on it.
 
