@@ -66,10 +66,7 @@ class _View:
     @property
     def has_failover(self) -> bool:
         """Whether the clusters run the failover layer (a control plane behind status())."""
-        c = self.clusters[0]
-        if not callable(getattr(c, "status", None)):
-            return False
-        return getattr(c, "control", True) is not None
+        return self.clusters[0].control is not None
 
     async def refresh(self) -> None:
         """Read every manager's status() (when the failover layer provides it)."""
@@ -86,10 +83,7 @@ class _View:
         router = c.router
         if node not in router.ring.nodes or router.is_suspect(node):
             return True
-        blocked = getattr(router, "unreadable", frozenset()) | getattr(
-            router, "unwritable", frozenset()
-        )
-        return node in blocked
+        return node in router.unreadable or node in router.unwritable
 
     def all_route_around(self, node: str) -> bool:
         """Whether every manager routes around ``node``."""
@@ -310,16 +304,9 @@ class _Demo:
         self.event("workload stopping; reading every key back")
 
     async def _watch_events(self, cluster: Cluster) -> None:
-        source = getattr(cluster, "events", None)
-        if not callable(source):
-            return
-        sub = source()
-        async with contextlib.AsyncExitStack() as stack:
-            if hasattr(sub, "__aenter__"):
-                sub = await stack.enter_async_context(sub)
+        async with cluster.events() as sub:
             async for ev in sub:
-                fields = ev.fields() if hasattr(ev, "fields") else {}
-                kind = getattr(ev, "kind", type(ev).__name__)
+                fields, kind = ev.fields(), ev.kind
                 # Every manager reports the same change; show the first report of each
                 # (per-manager health events once per fault).
                 if kind in ("NodeSuspect", "NodeHealthy", "NodeRestarted"):
