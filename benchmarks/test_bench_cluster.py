@@ -3,10 +3,12 @@
 A 5-node LocalCluster; each client runs inside a blocking portal (an event loop in a
 helper thread). Compare rows of one run as ratios:
 
-- ``test_get_many``/``test_set_many``: cachering versus uhashring + redis.asyncio with one
-  MGET/MSET per node issued concurrently (target >= 1.5x throughput);
+- ``test_many``: ``get_many``/``set_many`` of 1,000 keys, cachering (asyncio and trio)
+  versus uhashring + redis.asyncio with one MGET/MSET per node issued concurrently
+  (target >= 1.5x throughput);
 - ``test_single``: one ``get``/``set`` versus a bare ``Pool.execute("PING")`` (<= 1.25x);
-- ``test_replication``: ``set_many`` + flush with replicas=2 versus 1 (>= 0.6x);
+- ``test_replication``: ``set_many`` + ``wait_replicated`` with replicas=2 versus 1
+  (>= 0.6x);
 - ``test_sync_100k``: 100,000 replica writes batched versus one script call per key (>= 10x).
 """
 
