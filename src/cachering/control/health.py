@@ -18,7 +18,6 @@ believed until it answers a heartbeat properly again.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -30,6 +29,7 @@ from ..data.fanout import each
 from ..errors import NodeUnavailable, ResponseError
 from ..events import EventBus, NodeHealthy, NodeRestarted, NodeSuspect
 from ..resp.pool import Pool
+from ..wallclock import wall_time
 
 __all__ = ["HealthMonitor", "NodeHealth", "parse_info"]
 
@@ -85,7 +85,7 @@ class NodeHealth:
         wall: float | None = None
         if last is not None and now is not None:
             last = round(now - last, 3)
-            wall = round(time.time() - last, 3)
+            wall = round(wall_time() - last, 3)
         return {
             "healthy": self.healthy,
             "suspect": self.suspect,

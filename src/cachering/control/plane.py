@@ -43,7 +43,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -69,6 +68,7 @@ from ..node import NodeSpec
 from ..repair.sweep import SweepResult
 from ..resp.connection import ReplyLimits
 from ..resp.pubsub import PubSub
+from ..wallclock import next_seq, wall_time
 from .election import Election, fan_out, read_states
 from .guard import ReadGuard
 from .health import HealthMonitor
@@ -123,7 +123,7 @@ class ControlPlane:
         self._watched_pools = self.nodes.watched
         self.health = self._build_health(interval)
         self.election = self._build_election(interval)
-        self._seq = time.time_ns() // 1000
+        self._seq = next_seq(0)
         self._tg: TaskGroup | None = None
         self._listeners: dict[str, anyio.CancelScope] = {}
         self._wire_seen: OrderedDict[bytes, set[str]] = OrderedDict()
@@ -267,7 +267,7 @@ class ControlPlane:
     # ------------------------------------------------------------------ messages
 
     def _next_seq(self) -> int:
-        self._seq = max(self._seq + 1, time.time_ns() // 1000)
+        self._seq = next_seq(self._seq)
         return self._seq
 
     async def _send(self, kind: MessageKind, epoch: int, body: dict[str, Any]) -> None:
@@ -277,7 +277,7 @@ class ControlPlane:
             self.id,
             epoch=epoch,
             seq=self._next_seq(),
-            sent_at=time.time(),
+            sent_at=wall_time(),
             body=body,
         )
         data = self.codec.encode(msg)

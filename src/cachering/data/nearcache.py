@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -31,6 +30,7 @@ from ..messages import ControlMessage, MessageCodec, MessageRejected
 from ..metrics import NearCacheCounters
 from ..node import NodeSpec
 from ..resp.pool import Pool
+from ..wallclock import next_seq, wall_time
 from ._burst import BurstLog
 from .fanout import each
 
@@ -119,17 +119,17 @@ class InvalidationCodec:
         self._codec = codec
         self.sender = sender
         # per-sender sequence numbers must keep rising across restarts
-        self._seq = time.time_ns() // 1000
+        self._seq = next_seq(0)
 
     def _message(self, body: dict[str, Any]) -> bytes:
-        self._seq += 1
+        self._seq = next_seq(self._seq)
         msg = ControlMessage(
             "invalidate",
             self._codec.namespace,
             self.sender,
             epoch=0,
             seq=self._seq,
-            sent_at=time.time(),
+            sent_at=wall_time(),
             body=body,
         )
         return self._codec.encode(msg)

@@ -13,12 +13,12 @@ stands in for versions, and writes send their expiry relative to the server's cl
 from __future__ import annotations
 
 import math
-import time
 
 import anyio
 
 from ..errors import NodeUnavailable, ResponseError
 from ..resp.pool import Pool
+from ..wallclock import wall_ms
 
 __all__ = ["ServerTime"]
 
@@ -44,7 +44,7 @@ class ServerTime:
     def now_ms(self) -> int:
         """The servers' clock now, as estimated."""
         if not self.known:
-            return time.time_ns() // 1_000_000
+            return wall_ms()
         return self._server + int((anyio.current_time() - self._at) * 1000)
 
     def stale(self) -> bool:

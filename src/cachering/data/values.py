@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import os
 import struct
-import time
 from collections.abc import Callable
 from typing import NamedTuple
+
+from ..wallclock import wall_ms
 
 __all__ = [
     "FLAGS_OFFSET",
@@ -216,7 +217,7 @@ class HybridClock:
 
     def tick(self) -> int:
         """Advance and return the new HLC value (an int)."""
-        now = time.time_ns() // 1_000_000 if self._wall_ms is None else int(self._wall_ms())
+        now = wall_ms() if self._wall_ms is None else int(self._wall_ms())
         now = (now if now < _MAX_WALL else _MAX_WALL) << 16
         hlc = now if now > self._last else self._last + 1
         self._last = hlc
