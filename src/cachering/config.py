@@ -28,6 +28,15 @@ import attrs
 from .errors import ConfigError
 from .messages import key_id_problem
 from .node import NodeSpec, tls_context
+from .validators import (
+    MAX_RING_POINTS,
+    Validator,
+    bounded_int,
+    matching,
+    of_type,
+    one_of,
+    seconds,
+)
 
 __all__ = ["MAX_VALUE_SIZE_LIMIT", "ClusterConfig", "Consistency"]
 
@@ -37,9 +46,6 @@ Consistency = Literal["one", "quorum", "all"]
 #: Redis refuses bulk strings over 512 MiB; the stored header takes a few bytes of that.
 MAX_VALUE_SIZE_LIMIT = 512 * 1024 * 1024 - 64
 
-#: Most points a ring may have (the same limit as ``cachering.ring.MAX_POINTS``).
-MAX_RING_POINTS = 1 << 26
-
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+(?::[A-Za-z0-9_.\-]+)*$")
 _ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 
@@ -48,36 +54,20 @@ def _fail(field: str, problem: str) -> ValueError:
     return ValueError(f"ClusterConfig.{field} {problem}")
 
 
-def _int_at_least(low: int, high: int | None = None) -> Any:
-    def check(_inst: object, attr: attrs.Attribute[int], value: object) -> None:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _fail(attr.name, f"must be an int, got {type(value).__name__}")
-        if value < low or (high is not None and value > high):
-            bound = f">= {low}" if high is None else f"in {low}..{high}"
-            raise _fail(attr.name, f"must be {bound}, got {value!r}")
-
-    return check
+# The field checks (messages "ClusterConfig.<field> ..."; from_file reads the field back).
+_OWNER = "ClusterConfig"
 
 
-def _seconds(low: float, *, inclusive: bool = False, optional: bool = False) -> Any:
-    def check(_inst: object, attr: attrs.Attribute[float], value: object) -> None:
-        if value is None and optional:
-            return
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise _fail(attr.name, f"must be a number of seconds, got {type(value).__name__}")
-        if not math.isfinite(value) or value < low or (value == low and not inclusive):
-            op = ">=" if inclusive else ">"
-            raise _fail(attr.name, f"must be finite and {op} {low}, got {value!r}")
-
-    return check
+def _int_at_least(low: int, high: int | None = None) -> Validator:
+    return bounded_int(_OWNER, low, high)
 
 
-def _choice(*allowed: str) -> Any:
-    def check(_inst: object, attr: attrs.Attribute[str], value: object) -> None:
-        if value not in allowed:
-            raise _fail(attr.name, f"must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+def _seconds(low: float, *, inclusive: bool = False, optional: bool = False) -> Validator:
+    return seconds(_OWNER, low, inclusive=inclusive, optional=optional)
 
-    return check
+
+def _choice(*allowed: str) -> Validator:
+    return one_of(_OWNER, allowed, ", ".join(map(repr, allowed)))
 
 
 def _to_nodes(value: object) -> object:
@@ -100,13 +90,12 @@ def _check_nodes(_inst: object, _attr: attrs.Attribute[Any], value: object) -> N
         seen.add(node.id)
 
 
-def _check_namespace(_inst: object, _attr: attrs.Attribute[str], value: object) -> None:
-    if not isinstance(value, str) or len(value) > 64 or not _NAME_RE.match(value):
-        raise _fail(
-            "namespace",
-            "must be 1-64 chars of letters, digits, '_', '.', '-', with ':' only between "
-            f"parts, got {value!r}",
-        )
+_check_namespace = matching(
+    _OWNER,
+    _NAME_RE,
+    "1-64 chars of letters, digits, '_', '.', '-', with ':' only between parts",
+    max_len=64,
+)
 
 
 def _to_secret(value: object) -> object:
@@ -155,24 +144,12 @@ def _check_secret(_inst: object, _attr: attrs.Attribute[Any], value: object) -> 
             raise _fail("secret", f"key {key_id!r} must be at least 16 bytes")
 
 
-def _check_manager_id(_inst: object, _attr: attrs.Attribute[Any], value: object) -> None:
-    if value is not None and (not isinstance(value, str) or not _ID_RE.match(value)):
-        raise _fail("manager_id", f"must be None or 1-64 chars [A-Za-z0-9_.:-], got {value!r}")
-
-
-def _check_node_defaults(_inst: object, _attr: attrs.Attribute[Any], value: object) -> None:
-    if value is not None and not isinstance(value, NodeSpec):
-        raise _fail("node_defaults", f"must be a NodeSpec or None, got {type(value).__name__}")
-
-
-def _check_flag(_inst: object, attr: attrs.Attribute[bool], value: object) -> None:
-    if not isinstance(value, bool):
-        raise _fail(attr.name, f"must be a bool, got {type(value).__name__}")
-
-
-def _check_bool(_inst: object, attr: attrs.Attribute[bool | None], value: object) -> None:
-    if value is not None and not isinstance(value, bool):
-        raise _fail(attr.name, f"must be a bool or None, got {type(value).__name__}")
+_check_manager_id = attrs.validators.optional(
+    matching(_OWNER, _ID_RE, "None or 1-64 chars [A-Za-z0-9_.:-]")
+)
+_check_node_defaults = of_type(_OWNER, NodeSpec, "a NodeSpec", optional=True)
+_check_flag = of_type(_OWNER, bool, "a bool")
+_check_bool = of_type(_OWNER, bool, "a bool", optional=True)
 
 
 @attrs.frozen

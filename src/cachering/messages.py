@@ -39,12 +39,22 @@ import re
 from collections import OrderedDict, defaultdict
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Final, Literal, cast, get_args
+from typing import Any, Final, Literal, get_args
 
 import attrs
 
 from .errors import CacheringError
 from .metrics import MessageCounters
+from .validators import (
+    finite_float,
+    int_in,
+    int_to_float,
+    is_int,
+    one_of,
+    require_int_at_least,
+    require_non_empty_str,
+    str_of_length,
+)
 
 __all__ = [
     "DEFAULT_MAX_SIZE",
@@ -91,7 +101,7 @@ def epoch_in_range(value: object) -> bool:
     The top epoch is excluded because nothing could be elected after it: a node or a
     message claiming it (or anything larger, negative or not a number) is refused.
     """
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_EPOCH
+    return is_int(value) and 0 <= value < MAX_EPOCH
 
 
 MAX_SEQ: Final = 2**63 - 1
@@ -162,40 +172,7 @@ def _check_json(value: object, path: str, depth: int) -> None:
     raise ValueError(f"{path}: {type(value).__name__} is not a JSON value")
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _validate_kind(_inst: object, _attr: object, value: Any) -> None:
-    if value not in KINDS:
-        raise ValueError(f"ControlMessage.kind must be one of {sorted(KINDS)}, got {value!r}")
-
-
-def _validate_name(field: str) -> Any:
-    def check(_inst: object, _attr: object, value: object) -> None:
-        if not isinstance(value, str) or not value or len(value) > 256:
-            raise ValueError(f"ControlMessage.{field} must be a str of 1..256 chars, got {value!r}")
-
-    return check
-
-
-def _validate_count(field: str, limit: int) -> Any:
-    def check(_inst: object, _attr: object, value: object) -> None:
-        if not _is_int(value) or not 0 <= cast(int, value) <= limit:
-            raise ValueError(f"ControlMessage.{field} must be an int in 0..{limit}, got {value!r}")
-
-    return check
-
-
-def _validate_sent_at(_inst: object, _attr: object, value: Any) -> None:
-    if not isinstance(value, float) or not math.isfinite(value):
-        raise ValueError(f"ControlMessage.sent_at must be a finite float, got {value!r}")
-
-
-def _to_float(value: Any) -> Any:
-    if _is_int(value):
-        return float(cast(int, value))
-    return value
+_OWNER = "ControlMessage"  # the field checks' messages start "ControlMessage.<field> ..."
 
 
 def _validate_body(_inst: object, _attr: object, value: Any) -> None:
@@ -217,13 +194,13 @@ class ControlMessage:
     b'{"body":{"lease_ms":300},"epoch":3,"kind'
     """
 
-    kind: MessageKind = attrs.field(validator=_validate_kind)
-    namespace: str = attrs.field(validator=_validate_name("namespace"))
-    sender: str = attrs.field(validator=_validate_name("sender"))
-    epoch: int = attrs.field(kw_only=True, validator=_validate_count("epoch", MAX_EPOCH))
-    seq: int = attrs.field(kw_only=True, validator=_validate_count("seq", MAX_SEQ))
+    kind: MessageKind = attrs.field(validator=one_of(_OWNER, KINDS, str(sorted(KINDS))))
+    namespace: str = attrs.field(validator=str_of_length(_OWNER, 1, 256))
+    sender: str = attrs.field(validator=str_of_length(_OWNER, 1, 256))
+    epoch: int = attrs.field(kw_only=True, validator=int_in(_OWNER, 0, MAX_EPOCH))
+    seq: int = attrs.field(kw_only=True, validator=int_in(_OWNER, 0, MAX_SEQ))
     sent_at: float = attrs.field(
-        kw_only=True, default=0.0, converter=_to_float, validator=_validate_sent_at
+        kw_only=True, default=0.0, converter=int_to_float, validator=finite_float(_OWNER)
     )
     body: dict[str, Any] = attrs.field(kw_only=True, factory=dict, validator=_validate_body)
 
@@ -339,7 +316,7 @@ def _identity(data: bytes, max_size: int) -> object:
         return digest
     if isinstance(raw, dict):
         sender, seq, kind, epoch = (raw.get(f) for f in ("sender", "seq", "kind", "epoch"))
-        if isinstance(sender, str) and isinstance(kind, str) and _is_int(seq) and _is_int(epoch):
+        if isinstance(sender, str) and isinstance(kind, str) and is_int(seq) and is_int(epoch):
             return (parts[1], kind, sender, seq, epoch)
     return digest
 
@@ -379,15 +356,10 @@ class MessageCodec:
     ) -> None:
         if keyring is not None and not isinstance(keyring, Keyring):
             raise TypeError(f"keyring must be a Keyring or None, got {type(keyring).__name__}")
-        if not isinstance(namespace, str) or not namespace:
-            raise ValueError(f"namespace must be a non-empty str, got {namespace!r}")
-        for name, value, low in (
-            ("max_size", max_size, 256),
-            ("replay_window", replay_window, 0),
-            ("max_senders", max_senders, 1),
-        ):
-            if not _is_int(value) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        require_non_empty_str("namespace", namespace)
+        require_int_at_least("max_size", max_size, 256)
+        require_int_at_least("replay_window", replay_window, 0)
+        require_int_at_least("max_senders", max_senders, 1)
         self.keyring = keyring
         self.namespace = namespace
         self.max_size = max_size
@@ -417,8 +389,7 @@ class MessageCodec:
 
     def observe_epoch(self, epoch: int) -> None:
         """Raise the epoch floor to ``epoch`` (never lowers it)."""
-        if not _is_int(epoch) or epoch < 0:
-            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
+        require_int_at_least("epoch", epoch, 0)
         self._epoch_floor = max(self._epoch_floor, epoch)
 
     def status(self) -> dict[str, Any]:

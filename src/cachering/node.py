@@ -4,62 +4,22 @@ from __future__ import annotations
 
 import math
 import ssl
-from typing import Any
 from urllib.parse import SplitResult, parse_qs, quote, unquote, urlsplit
 
 import attrs
 
+from .validators import (
+    non_empty_str,
+    non_negative_int,
+    of_type,
+    optional_non_empty_str,
+    positive_number,
+    tcp_port,
+)
+
 __all__ = ["NodeSpec", "tls_context"]
 
-
-def _check_id(_inst: object, _attr: attrs.Attribute[str], value: object) -> None:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"NodeSpec.id must be a non-empty str, got {value!r}")
-
-
-def _check_host(_inst: object, _attr: attrs.Attribute[str], value: object) -> None:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"NodeSpec.host must be a non-empty str, got {value!r}")
-
-
-def _check_port(_inst: object, _attr: attrs.Attribute[int], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        raise ValueError(f"NodeSpec.port must be an int in 1..65535, got {value!r}")
-
-
-def _check_weight(_inst: object, _attr: attrs.Attribute[Any], value: object) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"NodeSpec.weight must be a finite positive number, got {value!r}")
-
-
-def _check_db(_inst: object, _attr: attrs.Attribute[int], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"NodeSpec.db must be a non-negative int, got {value!r}")
-
-
-def _check_optional_str(field: str) -> Any:
-    def check(_inst: object, _attr: attrs.Attribute[str | None], value: object) -> None:
-        if value is not None and not isinstance(value, str):
-            raise ValueError(f"NodeSpec.{field} must be a str or None, got {type(value).__name__}")
-
-    return check
-
-
-def _check_server_name(_inst: object, _attr: attrs.Attribute[str | None], value: object) -> None:
-    if value is not None and (not isinstance(value, str) or not value):
-        raise ValueError(f"NodeSpec.tls_server_name must be a non-empty str or None, got {value!r}")
-
-
-def _check_tls(_inst: object, _attr: attrs.Attribute[ssl.SSLContext | None], value: object) -> None:
-    if value is not None and not isinstance(value, ssl.SSLContext):
-        raise ValueError(
-            f"NodeSpec.tls must be an ssl.SSLContext or None, got {type(value).__name__}"
-        )
+_OWNER = "NodeSpec"  # the field checks' messages start "NodeSpec.<field> ..."
 
 
 @attrs.frozen(repr=False)
@@ -75,22 +35,29 @@ class NodeSpec:
     host). The password never appears in the repr.
     """
 
-    id: str = attrs.field(validator=_check_id)
-    host: str = attrs.field(validator=_check_host)
-    port: int = attrs.field(validator=_check_port)
-    weight: float = attrs.field(default=1, kw_only=True, validator=_check_weight)
+    id: str = attrs.field(validator=non_empty_str(_OWNER))
+    host: str = attrs.field(validator=non_empty_str(_OWNER))
+    port: int = attrs.field(validator=tcp_port(_OWNER))
+    weight: float = attrs.field(default=1, kw_only=True, validator=positive_number(_OWNER))
     username: str | None = attrs.field(
-        default=None, kw_only=True, validator=_check_optional_str("username")
+        default=None, kw_only=True, validator=of_type(_OWNER, str, "a str", optional=True)
     )
+    # The check names only the type of a bad password, never its value.
     password: str | None = attrs.field(
-        default=None, kw_only=True, validator=_check_optional_str("password"), eq=False
+        default=None,
+        kw_only=True,
+        validator=of_type(_OWNER, str, "a str", optional=True),
+        eq=False,
     )
-    db: int = attrs.field(default=0, kw_only=True, validator=_check_db)
+    db: int = attrs.field(default=0, kw_only=True, validator=non_negative_int(_OWNER))
     tls: ssl.SSLContext | None = attrs.field(
-        default=None, kw_only=True, validator=_check_tls, eq=False
+        default=None,
+        kw_only=True,
+        validator=of_type(_OWNER, ssl.SSLContext, "an ssl.SSLContext", optional=True),
+        eq=False,
     )
     tls_server_name: str | None = attrs.field(
-        default=None, kw_only=True, validator=_check_server_name, eq=False
+        default=None, kw_only=True, validator=optional_non_empty_str(_OWNER), eq=False
     )
 
     @property

@@ -22,11 +22,21 @@ while it is away); the cluster skips the nodes that cannot serve a request.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Sequence
-from typing import Any, Final, Literal, Protocol, cast, get_args
+from typing import Any, Final, Literal, Protocol, get_args
 
 import attrs
+
+from ..validators import (
+    int_in,
+    int_to_float,
+    is_int,
+    non_empty_str,
+    one_of,
+    optional_non_empty_str,
+    positive_number,
+    tcp_port,
+)
 
 __all__ = [
     "MAX_STAMP",
@@ -61,39 +71,6 @@ class _NodeLike(Protocol):
     def weight(self) -> float: ...
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_str(cls: str, field: str) -> Any:
-    def check(_inst: object, _attr: object, value: object) -> None:
-        if not isinstance(value, str) or not value:
-            raise ValueError(f"{cls}.{field} must be a non-empty str, got {value!r}")
-
-    return check
-
-
-def _check_port(_inst: object, _attr: object, value: Any) -> None:
-    if not _is_int(value) or not 1 <= cast(int, value) <= 65535:
-        raise ValueError(f"TopologyNode.port must be an int in 1..65535, got {value!r}")
-
-
-def _to_weight(value: Any) -> Any:
-    if _is_int(value):
-        return float(cast(int, value))
-    return value
-
-
-def _check_weight(_inst: object, _attr: object, value: Any) -> None:
-    if not isinstance(value, float) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"TopologyNode.weight must be a finite positive number, got {value!r}")
-
-
-def _check_state(_inst: object, _attr: object, value: Any) -> None:
-    if value not in NODE_STATES:
-        raise ValueError(f"TopologyNode.state must be one of {list(NODE_STATES)}, got {value!r}")
-
-
 @attrs.frozen
 class TopologyNode:
     """One node as the topology sees it: address, weight and state.
@@ -102,11 +79,14 @@ class TopologyNode:
     TopologyNode(id='a', host='127.0.0.1', port=7000, weight=1.0, state='up')
     """
 
-    id: str = attrs.field(validator=_check_str("TopologyNode", "id"))
-    host: str = attrs.field(validator=_check_str("TopologyNode", "host"))
-    port: int = attrs.field(validator=_check_port)
-    weight: float = attrs.field(default=1.0, converter=_to_weight, validator=_check_weight)
-    state: NodeState = attrs.field(default="up", validator=_check_state)
+    id: str = attrs.field(validator=non_empty_str("TopologyNode"))
+    host: str = attrs.field(validator=non_empty_str("TopologyNode"))
+    port: int = attrs.field(validator=tcp_port("TopologyNode"))
+    # Ints become floats, so a weight is always a float here (a bool stays and fails).
+    weight: float = attrs.field(
+        default=1.0, converter=int_to_float, validator=positive_number("TopologyNode")
+    )
+    state: NodeState = attrs.field(default="up", validator=one_of("TopologyNode", NODE_STATES))
 
     @classmethod
     def from_spec(cls, spec: _NodeLike, state: NodeState = "up") -> TopologyNode:
@@ -134,14 +114,6 @@ class TopologyNode:
         }
 
 
-def _check_stamp(field: str) -> Any:
-    def check(_inst: object, _attr: object, value: object) -> None:
-        if not _is_int(value) or not 0 <= cast(int, value) <= MAX_STAMP:
-            raise ValueError(f"Topology.{field} must be an int in 0..{MAX_STAMP}, got {value!r}")
-
-    return check
-
-
 def _to_nodes(value: Any) -> Any:
     # Canonical order, so equal node sets give equal topologies and equal bytes.
     if isinstance(value, (list, tuple)) and all(isinstance(n, TopologyNode) for n in value):
@@ -156,11 +128,6 @@ def _check_nodes(_inst: object, _attr: object, value: Any) -> None:
     if len(set(ids)) != len(ids):
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         raise ValueError(f"Topology.nodes has duplicate ids: {dupes}")
-
-
-def _check_leader(_inst: object, _attr: object, value: Any) -> None:
-    if value is not None and (not isinstance(value, str) or not value):
-        raise ValueError(f"Topology.leader must be a non-empty str or None, got {value!r}")
 
 
 @attrs.frozen
@@ -178,10 +145,10 @@ class Topology:
     ((1, 1), ('a',), True)
     """
 
-    epoch: int = attrs.field(validator=_check_stamp("epoch"))
-    version: int = attrs.field(validator=_check_stamp("version"))
+    epoch: int = attrs.field(validator=int_in("Topology", 0, MAX_STAMP))
+    version: int = attrs.field(validator=int_in("Topology", 0, MAX_STAMP))
     nodes: tuple[TopologyNode, ...] = attrs.field(converter=_to_nodes, validator=_check_nodes)
-    leader: str | None = attrs.field(default=None, validator=_check_leader)
+    leader: str | None = attrs.field(default=None, validator=optional_non_empty_str("Topology"))
 
     @classmethod
     def initial(cls, nodes: Iterable[_NodeLike]) -> Topology:
@@ -228,7 +195,7 @@ class Topology:
         return any(n.id == node_id for n in self.nodes)
 
     def _next(self, nodes: Sequence[TopologyNode], epoch: int, leader: str | None) -> Topology:
-        if not _is_int(epoch) or epoch < self.epoch:
+        if not is_int(epoch) or epoch < self.epoch:
             raise ValueError(f"epoch must be an int >= the current epoch {self.epoch}, got {epoch}")
         return Topology(
             epoch, self.version + 1, tuple(nodes), leader if leader is not None else self.leader
@@ -293,7 +260,7 @@ class Topology:
         expected = {"format", "epoch", "version", "leader", "nodes"}
         if data.keys() != expected:
             raise ValueError(f"topology fields must be {sorted(expected)}, got {sorted(data)}")
-        if data["format"] != _FORMAT or not _is_int(data["format"]):
+        if data["format"] != _FORMAT or not is_int(data["format"]):
             raise ValueError(f"unsupported topology format {data['format']!r}")
         raw_nodes = data["nodes"]
         if not isinstance(raw_nodes, list):

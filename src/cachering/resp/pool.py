@@ -23,6 +23,7 @@ import attrs
 
 from ..errors import NodeUnavailable
 from ..node import NodeSpec
+from ..validators import require_int_at_least, require_positive_number
 from .connection import DEFAULT_LIMITS, Arg, Connection, ReplyLimits
 from .script import Script
 
@@ -51,12 +52,6 @@ class _Waiter:
         # "a slot is free, open a new connection".
         self.item: Connection | None = None
         self.served = False
-
-
-def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or not (value >= 0 if allow_zero else value > 0) or value != value:
-        raise ValueError(f"Pool {name} must be a positive number, got {value!r}")
 
 
 class Pool:
@@ -88,14 +83,15 @@ class Pool:
     ) -> None:
         if not isinstance(spec, NodeSpec):
             raise TypeError(f"spec must be a NodeSpec, got {type(spec).__name__}")
-        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
-            raise ValueError(f"Pool max_size must be an int >= 1, got {max_size!r}")
-        _positive("connect_timeout", connect_timeout)
+        require_int_at_least("Pool max_size", max_size, 1)
+        require_positive_number("Pool connect_timeout", connect_timeout)
         if timeout is not None:
-            _positive("timeout", timeout)
-        _positive("backoff_base", backoff_base, allow_zero=True)
-        _positive("backoff_max", backoff_max, allow_zero=True)
-        _positive("health_check_interval", health_check_interval, allow_zero=True)
+            require_positive_number("Pool timeout", timeout)
+        require_positive_number("Pool backoff_base", backoff_base, allow_zero=True)
+        require_positive_number("Pool backoff_max", backoff_max, allow_zero=True)
+        require_positive_number(
+            "Pool health_check_interval", health_check_interval, allow_zero=True
+        )
         self.spec = spec
         self.max_size = max_size
         self.connect_timeout = connect_timeout

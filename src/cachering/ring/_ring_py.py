@@ -29,6 +29,7 @@ from fractions import Fraction
 from typing import Any
 
 from ..errors import EmptyRingError
+from ..validators import MAX_RING_POINTS, is_number
 
 __all__ = ["HASH_MODES", "MAX_NODES", "MAX_POINTS", "Ring", "murmur3_32"]
 
@@ -38,8 +39,9 @@ Weight = int | float
 HASH_MODES = ("murmur3", "ketama")
 #: Owner indices are stored as uint16 in the compiled ring (6 bytes per point).
 MAX_NODES = 65535
-#: A guard against weights or vnodes that would need gigabytes of points.
-MAX_POINTS = 1 << 26
+#: A guard against weights or vnodes that would need gigabytes of points (the limit
+#: ``ClusterConfig`` checks too).
+MAX_POINTS = MAX_RING_POINTS
 
 _M32 = 0xFFFFFFFF
 _C1 = 0xCC9E2D51
@@ -104,7 +106,7 @@ def _ketama_hash(data: bytes) -> int:
 
 
 def _check_weight(name: str, weight: object) -> Weight:
-    if type(weight) is bool or not isinstance(weight, (int, float)):
+    if not is_number(weight):
         raise ValueError(f"weights: weight of {name!r} must be an int or float, got {weight!r}")
     if not math.isfinite(weight) or weight <= 0:
         raise ValueError(f"weights: weight of {name!r} must be finite and > 0, got {weight!r}")
