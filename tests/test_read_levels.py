@@ -130,6 +130,40 @@ async def test_replicas_two_quorum_write_needs_both_homes(
             proxies["n1"].heal()
 
 
+async def test_a_timed_out_write_delivered_late_never_beats_the_writers_next_write(
+    local: LocalCluster, inspect: Inspector
+) -> None:
+    # The writer's write times out on one home (its request held up on the way) and fails;
+    # its next write is acknowledged by both homes; then the held request reaches that home
+    # (as TCP delivers a closed socket's data once a partition heals). The first copy must
+    # not take the older write above the acknowledged one: a quorum read from another
+    # manager returns the acknowledged value.
+    ns = "rld"
+    async with proxied(local) as (specs, proxies):
+        wcfg = config(specs, ns, replicas=2, node_backoff=0.1, control_plane=False)
+        rcfg = config(local.nodes, ns, replicas=2, control_plane=False)
+        async with Cluster(wcfg) as writer, Cluster(rcfg) as reader:
+            key = _key_on(reader, "n0", "d")
+            home = reader.preference_list(key)[1]
+            await writer.set(key, b"v0", consistency="quorum")
+            held = 3.0  # the request's delay: far beyond the writer's 0.5 s timeout
+            proxies[home].delay(held, "up")
+            sent = anyio.current_time()
+            with pytest.raises(ConsistencyError):
+                await writer.set(key, b"v1", consistency="quorum")
+            proxies[home].heal()  # what is sent from now on passes at once
+            await _until(lambda: home not in writer.router.suspects(), 5.0, "home usable")
+            await writer.set(key, b"v2", consistency="quorum")
+            assert anyio.current_time() < sent + held, "the next write came too late"
+            acked = inspect.raw(home, ns, key)
+            assert values.user_bytes(acked) == b"v2"
+            passed = proxies[home].bytes_up
+            await anyio.sleep(sent + held + 0.5 - anyio.current_time())
+            assert proxies[home].bytes_up > passed  # the held request reached the home
+            assert inspect.raw(home, ns, key) == acked
+            assert await reader.get(key, consistency="quorum") == b"v2"
+
+
 async def test_read_levels_are_checked(local: LocalCluster) -> None:
     async with Cluster(config(local.nodes, "rlc", control_plane=False)) as cluster:
         with pytest.raises(ValueError, match="consistency"):

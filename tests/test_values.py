@@ -278,8 +278,13 @@ def test_single_key_script_reads_only_the_header_of_large_values(
     assert values.user_bytes(server.get(b"k")) == b"n" * size
     assert one(b"k", newest, b"w") == "2"
     assert values.user_bytes(server.get(b"k")) == b"w" * size
-    # an older first-copy write is taken under the version just above the stored one
-    reply = one(b"k", old, b"o")
+    # the same writer's older write (one arriving late) is dropped
+    assert one(b"k", old, b"o") == "0"
+    assert values.user_bytes(server.get(b"k")) == b"w" * size
+    # another writer's older first-copy write is taken under the version just above the
+    # stored one
+    behind = values.HybridClock(b"b" * 8, wall_ms=lambda: 1).next()
+    reply = one(b"k", behind, b"o")
     assert reply[0] == "4"
     assert reply[1:].encode("latin-1") == values.version_of(server.get(b"k"))
     assert values.user_bytes(server.get(b"k")) == b"o" * size
@@ -471,6 +476,31 @@ def test_a_restamped_version_never_equals_one_a_writer_stamps(
     stored = server.get(b"k")
     assert values.user_bytes(stored) == b"b2"
     assert values.version_of(stored) == _stamp_of(10_000, 2, _restamped(b"B" * 8))
+
+
+@pytest.mark.parametrize("script", ["APPLY", "APPLY_ONE"])
+def test_a_late_first_copy_write_never_restamps_over_its_own_writers_newer_one(
+    server: redis.Redis, script: str
+) -> None:
+    # A's first write timed out on this node and reaches it only after A's next write (a
+    # request delivered late): a writer's clock only goes forward, so this is A's older
+    # write, dropped like any older version, not taken above A's newer one.
+    server.flushall()
+    clock = values.HybridClock(b"A" * 8, wall_ms=lambda: 5_000)
+    late, newer = (values.encode(clock.next(), data) for data in (b"a1", b"a2"))
+    server.set(b"k", newer)
+    assert _first_copy(server, script, b"k", late) == b"0"
+    assert server.get(b"k") == newer
+    # a tombstone of A's stays too
+    tomb = values.encode(clock.next(), None)
+    server.set(b"k", tomb)
+    assert _first_copy(server, script, b"k", late) == b"0"
+    assert server.get(b"k") == tomb
+    # a copy that a first copy gave A's write (the restamp bit set) is still another
+    # writer's clock: A's write that arrives after it is taken above it, as before
+    server.set(b"k", values.encode(_stamp_of(10_000, 0, _restamped(b"A" * 8)), b"a0"))
+    assert _first_copy(server, script, b"k", late)[:1] == b"4"
+    assert values.user_bytes(server.get(b"k")) == b"a1"
 
 
 def test_writer_ids_keep_the_restamp_bit_clear() -> None:

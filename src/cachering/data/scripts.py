@@ -24,11 +24,16 @@ copy already holds). A first-copy write whose version is older than the stored o
 writer's clock is behind another writer's) is not dropped: it is written under the
 version just above the stored one (the stored clock plus one, then the writer's id), so
 the write the first copy takes last is its newest, whatever the writers' clocks say.
+Unless the stored copy is one the same writer stamped itself: a writer's clock only goes
+forward, so its own older version is an earlier write of it arriving late (a request
+that timed out and reached the node after the writer's next write), and it is dropped
+like any older version (``0``), not restamped over the newer write.
 
 The reply is a string with one character per key: ``0`` not applied (the stored copy is
-as new or newer; for a first-copy write, this very version is already there), ``1``
-applied, ``2`` applied over a live (non-tombstone) value, ``3`` and ``4`` the same as
-``1`` and ``2`` under a new version; then the 16 bytes of each new version, in key order.
+as new or newer; for a first-copy write, this very version or a newer one of the same
+writer is already there), ``1`` applied, ``2`` applied over a live (non-tombstone) value,
+``3`` and ``4`` the same as ``1`` and ``2`` under a new version; then the 16 bytes of
+each new version, in key order.
 
 ``mode`` is the sum of two flags (:func:`apply_mode` computes it). ``1``, *distinct*:
 the caller knows that no key appears twice (a ``set_many``, whose keys come from a
@@ -105,6 +110,14 @@ local function compare(c, val)
     end
   end
   return 0, live
+end
+-- Whether the stored copy c carries val's writer id as is (top bit clear): a version that
+-- writer stamped itself. A writer's clock only goes forward, so a first-copy write older
+-- than such a copy is an earlier write of the same writer arriving late (a request that
+-- timed out, delivered after the writer's next write): it must not be restamped above it.
+local function own_newer(c, val)
+  local w = VERSION_FIRST + 8
+  return string.sub(c, w, VERSION_LAST) == string.sub(val, w, VERSION_LAST)
 end
 -- A first-copy write of val older than the stored copy c (the writer's clock is behind
 -- another's): (value to write, reply flag, new version or nil). It is written under the
@@ -231,12 +244,13 @@ for i = 1, n do
   local cmp, live = compare(c, val)
   if cmp > 0 then
     out[i] = live and '2' or '1'
-  elseif cmp < 0 and i <= firsts then
+  elseif cmp < 0 and i <= firsts and not own_newer(c, val) then
     local stamp
     moved[i], out[i], stamp = restamp(c, val, live)
     stamps[#stamps + 1] = stamp
   else
-    out[i] = '0' -- as new or newer (a first copy: this very write, a retry)
+    -- as new or newer (a first copy: this very write, a retry, or the same writer's later one)
+    out[i] = '0'
   end
   if not distinct and out[i] ~= '0' then
     last[key] = i
@@ -297,8 +311,8 @@ local val, flag, stamp = ARGV[1], nil, nil
 local cmp, live = compare(c, val)
 if cmp > 0 then
   flag = live and '2' or '1'
-elseif cmp == 0 then
-  return '0' -- this very write is already there (a retry)
+elseif cmp == 0 or own_newer(c, val) then
+  return '0' -- this very write is already there (a retry), or the same writer's later one
 else
   val, flag, stamp = restamp(c, val, live)
 end

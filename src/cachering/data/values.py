@@ -18,6 +18,8 @@ A writer's own versions have the top bit of the writer id clear. When a first co
 a write older than its stored copy (the writer's clock is behind another's), the write
 script gives it the version just above the stored one, with that bit set: such a version
 can never equal one a writer stamped, so two different writes never share a version.
+A write older than a copy its own writer stamped is never restamped: it is that writer's
+earlier write arriving late, and is dropped like any older version.
 """
 
 from __future__ import annotations
