@@ -278,19 +278,26 @@ class Cluster:
                     return  # the server hides INFO: cannot tell
                 known = self._run_ids.get(node)
                 self._run_ids[node] = run_id
+                seen = known is None or known == run_id  # no restart under our eyes
+                mark = True
                 if fence is None:
                     await conn.execute("SET", fence_key(ns), run_id, "NX", timeout=timeout)
-                    if known is None or known == run_id:
+                    if seen:
                         return
                     reason = "restarted empty"  # under our eyes: resync it before reads
                 elif fence == run_id.encode():
-                    return
+                    if seen:
+                        return
+                    # Another manager claimed the fence of the node that restarted empty
+                    # (and set the markers), or the leader vouched for it already: no
+                    # reads from here until the topology shows it repaired.
+                    reason, mark = "restarted, not repaired yet", False
                 else:
                     reason = "restarted with data from before, not repaired yet"
             except ResponseError:
                 return  # the server refuses INFO, GET or SET here: cannot tell
             if self.control is not None:
-                self.control.note_restarted(node)
+                self.control.note_restarted(node, mark=mark)
             raise NodeUnavailable(node, reason)
 
         return check

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import anyio
+import attrs
 from anyio.abc import TaskGroup, TaskStatus
 
 from ..config import ClusterConfig
@@ -41,6 +42,20 @@ __all__ = ["ReadGuard"]
 logger = logging.getLogger("cachering.control.guard")
 
 Send = Callable[[MessageKind, int, dict[str, Any]], Awaitable[None]]
+
+
+@attrs.define
+class _Restart:
+    """What a manager knows of a restarted node's repair."""
+
+    noted: float
+    """When the restart was noted (anyio's clock)."""
+    handled: bool = False
+    """Whether the topology has shown the node out of service since then."""
+    marked: bool = False
+    """Whether the overflow markers for it are set on the other nodes (or not wanted)."""
+    marking: bool = False
+    """Whether this manager set out to set them."""
 
 
 class ReadGuard:
@@ -76,8 +91,8 @@ class ReadGuard:
         self._announced: dict[str, float] = {}  # node -> when its lag was last announced
         self._to_announce: set[str] = set()
         self._event = anyio.Event()
-        # nodes that restarted holding old data -> whether the overflow markers are set
-        self._restarted: dict[str, bool] = {}
+        # nodes that restarted -> what is known of their repair (see _Restart)
+        self._restarted: dict[str, _Restart] = {}
         self._confirmed_at = 0.0  # last time a majority of the nodes answered heartbeats
         self._partitioned = False
         self._tg: TaskGroup | None = None
@@ -124,23 +139,31 @@ class ReadGuard:
         if added:
             self._notify()
 
-    def note_restarted(self, node: str) -> None:
+    def note_restarted(self, node: str, *, mark: bool = True) -> None:
         """``node`` restarted (a new run_id, or data its fence does not vouch for): it
         serves no reads until the leader cleared and resynced it (see
-        :mod:`cachering.repair.fence`); the overflow markers that say so are set now."""
-        if node not in self._topology() or node in self._restarted:
+        :mod:`cachering.repair.fence`); with ``mark``, the overflow markers that say so
+        are set now (without: another manager already set them, as its fence claim
+        shows)."""
+        topology = self._topology()
+        if node not in topology:
             return
-        self._restarted[node] = False
-        self.note([node])
-        if self._tg is not None:
-            self._tg.start_soon(self._mark, node)
+        entry = self._restarted.get(node)
+        if entry is None:
+            handled = topology.node(node).state != "up"
+            entry = self._restarted[node] = _Restart(anyio.current_time(), handled, marked=True)
+            self.note([node])
+        if mark and not entry.marking:
+            entry.marking, entry.marked = True, False
+            if self._tg is not None:
+                self._tg.start_soon(self._mark, node)
 
     async def _mark(self, node: str) -> None:
         holders = [n for n in self._topology().ids if n != node]
         pools = {n: self._pool(n) for n in holders}
         marked = await mark_restarted(pools, self.config.namespace, node, holders, self._timeout)
-        if marked and node in self._restarted:
-            self._restarted[node] = True
+        if marked and (entry := self._restarted.get(node)) is not None:
+            entry.marked = True
 
     async def check(self) -> None:
         """One heartbeat tick: hints still pending, restarted nodes repaired, cut off."""
@@ -170,14 +193,27 @@ class ReadGuard:
             self._notify()
 
     async def _check_restarted(self) -> None:
-        """Forget restarted nodes once their markers are set and their fence vouches for
-        their data again (the leader cleared and resynced them); retry failed markers."""
-        for node, marked in list(self._restarted.items()):
-            if node not in self._topology():
+        """Forget restarted nodes once the leader repaired them: their markers are set,
+        the topology took them out of service and brought them back up, and their fence
+        vouches for their data again; retry failed markers.
+
+        The fence alone does not say that a node was repaired: one that restarted empty
+        gets its fence from the first manager that connects to it. So the node must also
+        have been seen out of service (``recovering`` or ``down``) since it was noted, or
+        have stayed up past :meth:`_patience` (a leader that considers it fine)."""
+        now = anyio.current_time()
+        for node, entry in list(self._restarted.items()):
+            topology = self._topology()
+            if node not in topology:
                 del self._restarted[node]
                 continue
-            if not marked:
+            if not entry.marked:
                 await self._mark(node)
+                continue
+            if topology.node(node).state != "up":
+                entry.handled = True  # the leader took it in hand
+                continue
+            if not entry.handled and now - entry.noted < self._patience():
                 continue
             try:
                 with anyio.fail_after(self._timeout):
@@ -189,6 +225,13 @@ class ReadGuard:
             if fenced:
                 del self._restarted[node]
                 self._notify()
+
+    def _patience(self) -> float:
+        """How long a restarted node that the topology keeps up stays unreadable here: long
+        enough for a leader to notice the restart and take the node out of service, and
+        for this manager to learn of it from a periodic topology read."""
+        c = self.config
+        return 2 * (c.topology_refresh_interval + c.effective_election_timeout)
 
     def _check_partition(self) -> None:
         now = anyio.current_time()

@@ -546,9 +546,11 @@ class ControlPlane:
         hints were replayed (see :attr:`lagging`), and tell every other manager so at once."""
         self.reads.note(nodes)
 
-    def note_restarted(self, node: str) -> None:
-        """``node`` holds data from before a restart: no reads until it was repaired."""
-        self.reads.note_restarted(node)
+    def note_restarted(self, node: str, *, mark: bool = True) -> None:
+        """``node`` restarted (holding data from before, or empty): no reads until it was
+        repaired; ``mark`` as in :meth:`ReadGuard.note_restarted
+        <cachering.control.guard.ReadGuard.note_restarted>`."""
+        self.reads.note_restarted(node, mark=mark)
 
     @property
     def lagging(self) -> frozenset[str]:
