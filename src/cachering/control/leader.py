@@ -296,7 +296,11 @@ class LeaderDuties:
                 await self._change(node, "recovering", epoch)
                 return
             if tnode.state == "recovering" and rec.healthy:
-                if self.repairs.get(node) is None and (tasks := self.tasks()) is not None:
+                if (
+                    self.repairs.get(node) is None
+                    and not self._repairing()
+                    and (tasks := self.tasks()) is not None
+                ):
                     self._repair_runs += 1
                     token = self.repairs[node] = f"running#{self._repair_runs}"
                     tasks.start_soon(self._repair, node, epoch, token)
@@ -308,6 +312,11 @@ class LeaderDuties:
                         self.sweep_now.set()
                     return
         await self._drain_up_nodes()
+
+    def _repairing(self) -> bool:
+        """Whether a repair is under way: one at a time, since a repair may clear its node,
+        and two homes cleared at once lose the writes they took since they came back."""
+        return any(v.startswith("running") for v in self.repairs.values())
 
     async def _vouch(self, node: str) -> bool:
         """A repaired node's data is the cluster's again: its fence names its run_id."""
