@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
+import anyio
 import pytest
 import redis
 
@@ -145,3 +146,13 @@ def config(nodes: Sequence[NodeSpec], ns: str, **options: object) -> ClusterConf
     }
     base.update(options)
     return ClusterConfig(nodes=tuple(nodes), namespace=ns, **base)  # type: ignore[arg-type]
+
+
+async def until(check: Callable[[], bool], limit: float, what: str) -> None:
+    """Wait until ``check()`` holds, polling; AssertionError naming ``what`` after ``limit``
+    seconds."""
+    with anyio.move_on_after(limit):
+        while not check():
+            await anyio.sleep(0.01)
+        return
+    raise AssertionError(f"not within {limit}s: {what}")

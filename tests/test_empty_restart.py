@@ -3,7 +3,7 @@ before the leader resynced it, whoever of them reconnected to it first."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import anyio
 import pytest
@@ -11,6 +11,7 @@ import redis
 
 from cachering import Cluster
 from cachering.local import LocalCluster
+from cluster_helpers import until
 from failover_harness import failover_config
 
 pytestmark = pytest.mark.anyio
@@ -20,14 +21,6 @@ pytestmark = pytest.mark.anyio
 async def local() -> AsyncIterator[LocalCluster]:
     async with LocalCluster(3) as lc:
         yield lc
-
-
-async def _until(check: Callable[[], bool], limit: float, what: str) -> None:
-    with anyio.move_on_after(limit):
-        while not check():
-            await anyio.sleep(0.02)
-        return
-    raise AssertionError(f"not within {limit}s: {what}")
 
 
 async def test_a_fence_another_manager_claimed_does_not_vouch_for_an_empty_node(
@@ -83,7 +76,7 @@ async def test_an_empty_node_serves_no_reads_until_the_leader_resynced_it(
         Cluster(failover_config(local.nodes, ns, manager_id="a", **opts)) as a,
         Cluster(failover_config(local.nodes, ns, manager_id="b", **opts)) as b,
     ):
-        await _until(lambda: a.leader is not None and a.leader == b.leader, 20, "a leader")
+        await until(lambda: a.leader is not None and a.leader == b.leader, 20, "a leader")
         keys = [f"k{i}" for i in range(300)]
         mine = [k for k in keys if a.home_nodes(k)[0] == local.nodes[0].id][:20]
         assert mine

@@ -9,7 +9,7 @@ FaultProxy, on loopback.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import anyio
 import pytest
@@ -18,6 +18,7 @@ from cachering import Cluster, NodeSpec
 from cachering.errors import CacheringError, ConsistencyError, NodeUnavailable
 from cachering.local import LocalCluster
 from cachering.local.faults import FaultProxy
+from cluster_helpers import until
 from failover_harness import failover_config
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -27,14 +28,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 async def local() -> AsyncIterator[LocalCluster]:
     async with LocalCluster(3) as lc:
         yield lc
-
-
-async def _until(check: Callable[[], bool], limit: float, what: str) -> None:
-    with anyio.move_on_after(limit):
-        while not check():
-            await anyio.sleep(0.02)
-        return
-    raise AssertionError(f"not within {limit}s: {what}")
 
 
 async def test_minority_manager_stops_one_reads(local: LocalCluster) -> None:
@@ -57,7 +50,7 @@ async def test_minority_manager_stops_one_reads(local: LocalCluster) -> None:
             )
             clusters[m] = await stack.enter_async_context(Cluster(cfg))
         m0, m1, m2 = clusters["m0"], clusters["m1"], clusters["m2"]
-        await _until(lambda: len({c.leader for c in clusters.values()} - {None}) == 1, 20, "leader")
+        await until(lambda: len({c.leader for c in clusters.values()} - {None}) == 1, 20, "leader")
         key = next(f"p{i}" for i in range(1000) if m0.preference_list(f"p{i}")[0] == "n0")
         await m1.set(key, b"old", consistency="all")
         assert await m0.get(key) == b"old"
@@ -69,7 +62,7 @@ async def test_minority_manager_stops_one_reads(local: LocalCluster) -> None:
         for c in (m0, m2):
             control = c.control
             assert control is not None
-            await _until(lambda control=control: control.partitioned, 20, "cut off noticed")
+            await until(lambda control=control: control.partitioned, 20, "cut off noticed")
         with pytest.raises(NodeUnavailable):
             await m0.get(key)
         with pytest.raises(NodeUnavailable):
@@ -83,7 +76,7 @@ async def test_minority_manager_stops_one_reads(local: LocalCluster) -> None:
                 p.heal()
         control0 = m0.control
         assert control0 is not None
-        await _until(lambda: not control0.partitioned, 20, "reconnected")
+        await until(lambda: not control0.partitioned, 20, "reconnected")
 
         async def reads_new() -> bool:
             try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import anyio
 import pytest
@@ -21,7 +21,7 @@ from cachering.errors import ConsistencyError
 from cachering.local import LocalCluster
 from cachering.local.faults import FaultProxy
 from cachering.messages import ControlMessage, Keyring, MessageCodec
-from cluster_helpers import Inspector, config
+from cluster_helpers import Inspector, config, until
 
 pytestmark = pytest.mark.anyio
 
@@ -152,7 +152,7 @@ async def test_a_timed_out_write_delivered_late_never_beats_the_writers_next_wri
             with pytest.raises(ConsistencyError):
                 await writer.set(key, b"v1", consistency="quorum")
             proxies[home].heal()  # what is sent from now on passes at once
-            await _until(lambda: home not in writer.router.suspects(), 5.0, "home usable")
+            await until(lambda: home not in writer.router.suspects(), 5.0, "home usable")
             await writer.set(key, b"v2", consistency="quorum")
             assert anyio.current_time() < sent + held, "the next write came too late"
             acked = inspect.raw(home, ns, key)
@@ -195,14 +195,6 @@ async def test_hint_is_recorded_on_two_nodes(local: LocalCluster, inspect: Inspe
         proxies["n2"].heal()
 
 
-async def _until(check: Callable[[], bool], limit: float, what: str) -> None:
-    with anyio.move_on_after(limit):
-        while not check():
-            await anyio.sleep(0.01)
-        return
-    raise AssertionError(f"not within {limit}s: {what}")
-
-
 def _slow_config(nodes: Sequence[NodeSpec], ns: str, manager: str) -> ClusterConfig:
     # heartbeat ticks 60 s apart: only the announcement can tell the reader in time
     return config(nodes, ns, replicas=2, secret=SECRET, heartbeat_interval=60.0, manager_id=manager)
@@ -228,7 +220,7 @@ async def test_lag_is_announced_to_other_managers_at_once(
         await writer.set(key, b"new")
         assert values.user_bytes(inspect.raw("n3", ns, key)) == b"old"
         # well inside the 60 s until the reader's next lagging check
-        await _until(lambda: "n3" in control.lagging, 20.0, "lag announced")
+        await until(lambda: "n3" in control.lagging, 20.0, "lag announced")
         assert "n3" not in reader.router.read_order(key.encode())
         assert await reader.get(key) == b"new"
         proxies["n3"].heal()
@@ -308,11 +300,11 @@ async def test_hostile_lagging_messages_are_dropped(
         ]
         channel = f"{ns}:ctl"
         client = inspect.clients["n0"]
-        await _until(lambda: client.pubsub_numsub(channel)[0][1] >= 1, 20.0, "subscribed")
+        await until(lambda: client.pubsub_numsub(channel)[0][1] >= 1, 20.0, "subscribed")
         for seq, body in enumerate(bodies, start=1):
             msg = ControlMessage("lagging", ns, "evil", epoch=0, seq=seq, body=body)
             client.publish(channel, codec.encode(msg))
-        await _until(
+        await until(
             lambda: control.codec.drops.snapshot()["malformed"] >= before + 3, 20.0, "drops"
         )
         assert not control.lagging  # unknown nodes are ignored

@@ -8,7 +8,7 @@ overwritten and deleted while it is down, and it comes back from the snapshot.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import anyio
 import pytest
@@ -17,6 +17,7 @@ import redis
 from cachering import Cluster
 from cachering.data import values
 from cachering.local import LocalCluster
+from cluster_helpers import until
 from failover_harness import failover_config
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -26,14 +27,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 async def local() -> AsyncIterator[LocalCluster]:
     async with LocalCluster(3) as lc:
         yield lc
-
-
-async def _until(check: Callable[[], bool], limit: float, what: str) -> None:
-    with anyio.move_on_after(limit):
-        while not check():
-            await anyio.sleep(0.02)
-        return
-    raise AssertionError(f"not within {limit}s: {what}")
 
 
 def _settled(clusters: list[Cluster]) -> bool:
@@ -55,7 +48,7 @@ async def test_snapshot_restart_serves_no_old_copy_and_resurrects_no_delete(
         Cluster(failover_config(local.nodes, ns, manager_id="a", **opts)) as a,
         Cluster(failover_config(local.nodes, ns, manager_id="b", **opts)) as b,
     ):
-        await _until(lambda: a.leader is not None and a.leader == b.leader, 20, "a leader")
+        await until(lambda: a.leader is not None and a.leader == b.leader, 20, "a leader")
         keys = [f"k{i}" for i in range(400)]
         mine = [k for k in keys if "n0" in a.preference_list(k)]
         assert len(mine) >= 40
@@ -104,7 +97,7 @@ async def test_snapshot_restart_serves_no_old_copy_and_resurrects_no_delete(
                     await anyio.sleep(0.02)
             assert not wrong, wrong[:10]
             managers = (a, b, c)
-            await _until(lambda: any(x.is_leader for x in managers), 20, "a leader")
+            await until(lambda: any(x.is_leader for x in managers), 20, "a leader")
             lead = next(x for x in managers if x.is_leader)
             assert lead.control is not None
             result = await lead.control.sweep()
